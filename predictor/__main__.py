@@ -1,0 +1,48 @@
+"""``python -m predictor``: export models, generate the model repository, run Triton."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from predictor import nsfw_export, repository, stack
+from predictor.specs import LOGO, NSFW
+from predictor.triton_server import TritonPorts
+
+app = typer.Typer(add_completion=False, no_args_is_help=True)
+
+
+@app.command("export-nsfw")
+def export_nsfw(out: Path = typer.Option(Path("build/nsfw/model.onnx"))) -> None:
+    """Wrap the packaged open_nsfw ONNX for the uint8 RGB wire format."""
+    typer.echo(f"wrote {nsfw_export.export(out)}")
+
+
+@app.command("build-repository")
+def build_repository(
+    out: Path = typer.Option(Path("model_repository")),
+    logo_onnx: Path = typer.Option(Path("build/logo/model.onnx")),
+    nsfw_onnx: Path = typer.Option(Path("build/nsfw/model.onnx")),
+) -> None:
+    """Generate the CPU-profile Triton model repository from the model specs."""
+    built = repository.build_cpu(out, {LOGO.name: logo_onnx, NSFW.name: nsfw_onnx})
+    typer.echo(f"wrote {built}")
+
+
+@app.command()
+def serve(
+    model_repository: Path = typer.Option(Path("model_repository")),
+    build_dir: Path = typer.Option(Path("build")),
+    http_port: int = typer.Option(8080, help="Transformer HTTP port (KServe default)."),
+    triton_http_port: int = 8000,
+    triton_grpc_port: int = 8001,
+    triton_metrics_port: int = 8002,
+) -> None:
+    """Run Triton and the transformer in the foreground until Ctrl-C (``make serve``)."""
+    ports = TritonPorts(triton_http_port, triton_grpc_port, triton_metrics_port)
+    raise typer.Exit(stack.run(model_repository, build_dir, http_port, ports))
+
+
+if __name__ == "__main__":
+    app()

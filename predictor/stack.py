@@ -1,0 +1,115 @@
+"""The embedded stack behind ``make serve``: Triton, then the transformer, in the foreground.
+
+Each child's log lines are relayed with a ``[triton]`` / ``[transformer]`` prefix.
+Ctrl-C or SIGTERM stops the transformer first (no new requests), then Triton; if either
+child dies, the other is stopped and the exit code is non-zero.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import IO
+
+from predictor.specs import SPECS
+from predictor.triton_server import TritonPorts, TritonProcess, die_with_parent
+
+
+def _relay(prefix: str, stream: IO[bytes]) -> None:
+    for line in iter(stream.readline, b""):
+        sys.stdout.write(f"[{prefix}] {line.decode(errors='replace')}")
+        sys.stdout.flush()
+
+
+def _relayed(prefix: str, process: subprocess.Popen) -> None:
+    threading.Thread(target=_relay, args=(prefix, process.stdout), daemon=True).start()
+
+
+def transformer_command(http_port: int, triton: TritonPorts) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "transformer",
+        f"--http_port={http_port}",
+        f"--predictor_host={triton.address}:{triton.grpc}",
+        "--predictor_protocol=grpc-v2",
+        "--enable_predictor_health_check",
+        "--enable_grpc=false",
+    ]
+
+
+def transformer_ready(http_port: int) -> bool:
+    for spec in SPECS:
+        url = f"http://127.0.0.1:{http_port}/v1/models/{spec.name}"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status != 200:
+                    return False
+        except (urllib.error.URLError, OSError):
+            return False
+    return True
+
+
+def run(model_repository: Path, build_dir: Path, http_port: int, triton_ports: TritonPorts) -> int:
+    stopping = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.set())
+
+    triton = TritonProcess(model_repository, build_dir, triton_ports, output=subprocess.PIPE)
+    transformer: subprocess.Popen | None = None
+    started = time.monotonic()
+    try:
+        triton.start()
+        _relayed("triton", triton.process)
+        while not triton.ready():
+            if stopping.is_set() or triton.process.poll() is not None:
+                return _exit_code(stopping, "tritonserver exited before it was ready")
+            time.sleep(0.25)
+        transformer = subprocess.Popen(
+            transformer_command(http_port, triton_ports),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
+        _relayed("transformer", transformer)
+        while not transformer_ready(http_port):
+            if stopping.is_set() or transformer.poll() is not None:
+                return _exit_code(stopping, "the transformer exited before it was ready")
+            time.sleep(0.25)
+        print(
+            f"[serve] ready in {time.monotonic() - started:.1f} s: "
+            f"transformer http://127.0.0.1:{http_port}, Triton http :{triton_ports.http} "
+            f"grpc :{triton_ports.grpc} metrics :{triton_ports.metrics}. Ctrl-C stops both.",
+            flush=True,
+        )
+        while not stopping.wait(0.5):
+            if triton.process.poll() is not None:
+                return _exit_code(stopping, f"tritonserver exited ({triton.process.returncode})")
+            if transformer.poll() is not None:
+                return _exit_code(stopping, f"the transformer exited ({transformer.returncode})")
+        return 0
+    finally:
+        print("[serve] stopping the transformer, then Triton", flush=True)
+        if transformer is not None and transformer.poll() is None:
+            transformer.terminate()
+            try:
+                transformer.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                transformer.kill()
+                transformer.wait()
+        triton.stop()
+        print("[serve] stopped", flush=True)
+
+
+def _exit_code(stopping: threading.Event, reason: str) -> int:
+    if stopping.is_set():
+        return 0
+    print(f"[serve] {reason}", file=sys.stderr, flush=True)
+    return 1

@@ -1,0 +1,1 @@
+"""KServe transformer for Commons media moderation: fetch, decode, preprocess, call Triton, format."""

@@ -1,0 +1,40 @@
+"""Transformer settings, read once from the environment (see the README's table).
+
+How to reach Triton is KServe's business (``--predictor_host`` / ``--predictor_protocol``),
+so it is not repeated here.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_USER_AGENT = (
+    "commons-moderation-inference/0.1 "
+    "(https://wikitech.wikimedia.org/wiki/Machine_Learning/LiftWing; ml@wikimedia.org) httpx"
+)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, frozen=True)
+
+    commons_api_url: str = "https://commons.wikimedia.org/w/api.php"
+    # Hosts besides the API host that file URLs may point at; nothing else is ever fetched.
+    commons_upload_hosts: tuple[str, ...] = ("upload.wikimedia.org",)
+    commons_user_agent: str = DEFAULT_USER_AGENT
+    commons_api_timeout_s: float = Field(5.0, gt=0)
+    commons_fetch_timeout_s: float = Field(10.0, gt=0)
+    commons_retries: int = Field(2, ge=0, le=5)
+
+    max_instances: int = Field(50, ge=1, le=500)
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    max_image_bytes: int = Field(25 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(50_000_000, ge=1)
+
+    triton_timeout_s: float = Field(15.0, gt=0)
+    # Pillow releases the GIL while decoding and resizing, so threads give real parallelism.
+    decode_threads: int = Field(2, ge=1, le=64)
+
+
+def load_settings() -> Settings:
+    return Settings()

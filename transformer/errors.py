@@ -1,0 +1,67 @@
+"""Error types: per-item problems, and upstream failures that fail a whole request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from http import HTTPStatus
+
+from fastapi import FastAPI, Request
+from fastapi.responses import ORJSONResponse
+
+
+@dataclass(frozen=True)
+class ItemError:
+    """Why one instance could not be scored.
+
+    ``status`` is the HTTP status the problem would earn on its own: 4xx for the client's
+    mistakes, 502/503/504 when Commons failed us.
+    """
+
+    code: str
+    message: str
+    status: int = HTTPStatus.BAD_REQUEST
+
+    @property
+    def upstream(self) -> bool:
+        return self.status >= 500
+
+    def as_dict(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+
+class UpstreamError(Exception):
+    """Commons or Triton failed: answered as 502, 503 or 504 with a message naming it."""
+
+    def __init__(self, status: int, message: str, predictions: list | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.predictions = predictions
+
+
+async def _upstream_handler(_: Request, exc: UpstreamError) -> ORJSONResponse:
+    content: dict = {"error": exc.message}
+    if exc.predictions is not None:
+        content["predictions"] = exc.predictions
+    return ORJSONResponse(status_code=exc.status, content=content)
+
+
+class RequestRejected(Exception):
+    """Every instance failed for a client reason: 400 listing each item's problem."""
+
+    def __init__(self, message: str, predictions: list) -> None:
+        super().__init__(message)
+        self.message = message
+        self.predictions = predictions
+
+
+async def _rejected_handler(_: Request, exc: RequestRejected) -> ORJSONResponse:
+    return ORJSONResponse(
+        status_code=HTTPStatus.BAD_REQUEST,
+        content={"error": exc.message, "predictions": exc.predictions},
+    )
+
+
+def install_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(UpstreamError, _upstream_handler)
+    app.add_exception_handler(RequestRejected, _rejected_handler)

@@ -1,0 +1,143 @@
+"""The KServe models: request → fetch → decode → tensor → Triton → scores → response.
+
+KServe calls ``preprocess`` (parse, fetch, decode: everything up to the tensor),
+``predict`` (Triton) and ``postprocess`` (the gogologo response), and times each stage
+in its own Prometheus histograms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import kserve
+import numpy as np
+from PIL import Image
+from prometheus_client import Counter
+
+from predictor.specs import LOGO, NSFW, ModelSpec
+from transformer import tensor
+from transformer.commons import CommonsClient
+from transformer.config import Settings
+from transformer.decode import DecodeError, decode_image
+from transformer.errors import ItemError, RequestRejected, UpstreamError
+from transformer.request import Instance, parse_request
+from transformer.scoring import score
+from transformer.sources import fetch_all
+
+ITEM_ERRORS = Counter(
+    "transformer_item_errors", "Instances that could not be scored", ["model", "code"]
+)
+
+
+@dataclass(frozen=True)
+class ImagePipeline:
+    """How one Triton model's images are prepared and its scores reported."""
+
+    spec: ModelSpec
+    target: str
+    min_side: int | None
+    to_tensor: Callable[[Image.Image], np.ndarray]
+
+
+LOGO_PIPELINE = ImagePipeline(LOGO, "logo", tensor.LOGO_MIN_SIDE, tensor.logo_tensor)
+NSFW_PIPELINE = ImagePipeline(NSFW, "nsfw", tensor.NSFW_MIN_SIDE, tensor.nsfw_tensor)
+
+
+@dataclass
+class Batch:
+    """One request in flight: its instances and, per instance, a tensor, scores or an error."""
+
+    instances: list[Instance]
+    results: list[np.ndarray | ItemError] = field(default_factory=list)
+
+
+def prepare(data: bytes, pipeline: ImagePipeline, max_pixels: int) -> np.ndarray | ItemError:
+    """Decode and preprocess one image; runs in the thread pool, never on the event loop."""
+    try:
+        image = decode_image(data, max_pixels=max_pixels, min_side=pipeline.min_side)
+    except DecodeError as exc:
+        return ItemError(exc.code, exc.message)
+    return pipeline.to_tensor(image)
+
+
+class ImageModel(kserve.Model):
+    def __init__(
+        self,
+        pipeline: ImagePipeline,
+        settings: Settings,
+        commons: CommonsClient,
+        executor: Executor,
+    ) -> None:
+        super().__init__(pipeline.spec.name)
+        self.pipeline = pipeline
+        self.settings = settings
+        self.commons = commons
+        self.executor = executor
+
+    def load(self) -> bool:
+        self.ready = True
+        return self.ready
+
+    async def preprocess(self, payload: dict | bytes, headers: dict | None = None) -> Batch:
+        instances = parse_request(
+            payload,
+            max_instances=self.settings.max_instances,
+            max_bytes=self.settings.max_image_bytes,
+        )
+        sources = await fetch_all(instances, self.commons)
+        loop = asyncio.get_running_loop()
+        results = await asyncio.gather(
+            *(
+                loop.run_in_executor(
+                    self.executor, prepare, source, self.pipeline, self.settings.max_image_pixels
+                )
+                if isinstance(source, bytes)
+                else _resolved(source)
+                for source in sources
+            )
+        )
+        return Batch(instances, list(results))
+
+    async def predict(self, batch: Batch, headers: dict | None = None) -> Batch:
+        ready = [i for i, r in enumerate(batch.results) if isinstance(r, np.ndarray)]
+        if not ready:
+            return batch
+        stacked = np.stack([batch.results[i] for i in ready])
+        scores = await score(
+            self._grpc_client, self.pipeline.spec, stacked, self.settings.triton_timeout_s
+        )
+        for i, row in zip(ready, scores):
+            batch.results[i] = row
+        return batch
+
+    async def postprocess(self, batch: Batch, headers: dict | None = None) -> dict:
+        predictions = [self._prediction(inst, res) for inst, res in zip(batch.instances, batch.results)]
+        errors = [r for r in batch.results if isinstance(r, ItemError)]
+        for error in errors:
+            ITEM_ERRORS.labels(model=self.name, code=error.code).inc()
+        if errors and len(errors) == len(batch.results):
+            upstream = [e for e in errors if e.upstream]
+            if upstream:
+                raise UpstreamError(upstream[0].status, upstream[0].message, predictions)
+            summary = errors[0].message if len(errors) == 1 else (
+                f"none of the {len(errors)} instances could be scored; see predictions[].error"
+            )
+            raise RequestRejected(summary, predictions)
+        return {"predictions": predictions}
+
+    def _prediction(self, instance: Instance, result: np.ndarray | ItemError) -> dict:
+        if isinstance(result, ItemError):
+            return {"filename": instance.filename, "error": result.as_dict()}
+        return {
+            "filename": instance.filename,
+            "target": instance.target or self.pipeline.target,
+            "prediction": float(result[1]),
+            "out_of_domain": float(result[0]),
+        }
+
+
+async def _resolved(error: ItemError) -> ItemError:
+    return error
