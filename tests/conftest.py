@@ -90,7 +90,7 @@ def transformer_url(
         )
         url = f"http://127.0.0.1:{port}"
         try:
-            _wait_transformer(url, process, log)
+            wait_transformer(url, process, log)
             yield url
         finally:
             process.terminate()
@@ -100,7 +100,7 @@ def transformer_url(
                 process.kill()
 
 
-def _wait_transformer(url: str, process: subprocess.Popen, log: Path) -> None:
+def wait_transformer(url: str, process: subprocess.Popen, log: Path) -> None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:

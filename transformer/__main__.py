@@ -14,7 +14,7 @@ from kserve.model_server import app
 
 from transformer.sources import commons_client
 from transformer.config import load_settings
-from transformer.errors import install_handlers
+from transformer.http_errors import install_handlers
 from transformer.limits import BodySizeLimit
 from transformer.model import LOGO_PIPELINE, NSFW_PIPELINE, ImageModel
 

@@ -1,12 +1,13 @@
-"""Error types: per-item problems, and upstream failures that fail a whole request."""
+"""Error types: per-item problems, and failures that decide a whole request's status.
+
+Dependency-free, so the Commons client and the decode path can use them too; the HTTP
+mapping lives in ``transformer.http_errors``.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from http import HTTPStatus
-
-from fastapi import FastAPI, Request
-from fastapi.responses import ORJSONResponse
 
 
 @dataclass(frozen=True)
@@ -39,13 +40,6 @@ class UpstreamError(Exception):
         self.predictions = predictions
 
 
-async def _upstream_handler(_: Request, exc: UpstreamError) -> ORJSONResponse:
-    content: dict = {"error": exc.message}
-    if exc.predictions is not None:
-        content["predictions"] = exc.predictions
-    return ORJSONResponse(status_code=exc.status, content=content)
-
-
 class RequestRejected(Exception):
     """Every instance failed for a client reason: 400 listing each item's problem."""
 
@@ -53,15 +47,3 @@ class RequestRejected(Exception):
         super().__init__(message)
         self.message = message
         self.predictions = predictions
-
-
-async def _rejected_handler(_: Request, exc: RequestRejected) -> ORJSONResponse:
-    return ORJSONResponse(
-        status_code=HTTPStatus.BAD_REQUEST,
-        content={"error": exc.message, "predictions": exc.predictions},
-    )
-
-
-def install_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(UpstreamError, _upstream_handler)
-    app.add_exception_handler(RequestRejected, _rejected_handler)

@@ -46,21 +46,18 @@ async def fetch_all(instances: list[Instance], commons: CommonsClient) -> list[b
     return results
 
 
-async def _download(commons: CommonsClient, resolved: object) -> bytes | ItemError:
-    if not isinstance(resolved, CommonsFile):
-        return ItemError(resolved.code, resolved.message)
+async def _download(commons: CommonsClient, resolved: CommonsFile | ItemError) -> bytes | ItemError:
+    if isinstance(resolved, ItemError):
+        return resolved
     if resolved.mediatype not in IMAGE_MEDIATYPES:
         return ItemError(
             "not_an_image",
             f"{resolved.title} is {resolved.mediatype} ({resolved.mime}), not an image",
         )
     try:
-        data = await commons.fetch(resolved)
+        return await commons.fetch(resolved)
     except CommonsUnavailable as exc:
         return _outage(exc)
-    if isinstance(data, bytes):
-        return data
-    return ItemError(data.code, data.message)
 
 
 def _outage(exc: CommonsUnavailable) -> ItemError:

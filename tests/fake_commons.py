@@ -1,0 +1,480 @@
+"""A local stand-in for Wikimedia Commons, speaking the real MediaWiki API format.
+
+Tests and load tests need Commons without the internet, and a mock of our own client would
+only check that it agrees with itself. So this is a real HTTP server on 127.0.0.1 that
+answers ``action=query&prop=imageinfo&format=json&formatversion=2`` the way MediaWiki does
+(``normalized``, ``redirects``, ``missing``, ``invalid``, ``thumburl``, the 50-title
+``toomanyvalues`` error) and serves originals and Pillow-made thumbnails. Knobs inject the
+failures production sees: 5xx/429 answers, slow answers, API errors, file URLs on a
+foreign host, redirects, bodies without a Content-Length.
+
+Use it as a context manager::
+
+    with FakeCommons({"Cat.jpg": image_bytes(640, 480)}) as fake:
+        ...  # fake.api_url, fake.requests
+
+or from a shell, serving a folder of images for load tests::
+
+    python tests/fake_commons.py DIR --port 8090
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import re
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
+
+from PIL import Image, UnidentifiedImageError
+
+API_PATH = "/w/api.php"
+MAX_TITLES = 50
+
+_NAMESPACE = re.compile(r"(?i)(?:file|image) ?: ?(.*)")
+_ILLEGAL = re.compile(r"[#<>\[\]|{}\x00-\x1f\x7f\ufffd]|%[0-9A-Fa-f]{2}")
+_THUMB_NAME = re.compile(r"(\d+)px-(.+)")
+_ERROR_PAGE = b"<!DOCTYPE html><html><body><h1>Error</h1><p>Our servers are busy.</p></body></html>"
+
+
+class InvalidTitle(ValueError):
+    """The text cannot be a MediaWiki title; the message is MediaWiki's ``invalidreason``."""
+
+
+def normalize_title(raw: str) -> str:
+    """MediaWiki's title normalisation, as far as file names need it.
+
+    Underscores become spaces, runs of them collapse, ``Image:``/``file:`` become ``File:``,
+    the first letter is upper-cased. Titles outside the File namespace keep no prefix.
+    """
+    text = re.sub(r"[ _]+", " ", raw).strip()
+    match = _NAMESPACE.fullmatch(text)
+    rest = match.group(1) if match else text
+    if bad := _ILLEGAL.search(rest):
+        raise InvalidTitle(
+            f'The requested page title contains invalid characters: "{bad.group()}".'
+        )
+    if not rest:
+        raise InvalidTitle(
+            "The requested page title is empty or contains only the name of a namespace."
+        )
+    if rest in (".", "..") or rest.startswith(("./", "../")) or "/./" in rest or "/../" in rest:
+        raise InvalidTitle(
+            "Title has relative path. Relative page titles (./, ../) are invalid, because they "
+            "will often be unreachable when handled by user's browser."
+        )
+    if "~~~" in rest:
+        raise InvalidTitle("The requested page title contains invalid magic tilde sequence (~~~).")
+    if len(rest.encode()) > 255:
+        raise InvalidTitle(
+            "The requested page title is too long. It must be no longer than 255 bytes in "
+            "UTF-8 encoding."
+        )
+    rest = rest[0].upper() + rest[1:]
+    return f"File:{rest}" if match else rest
+
+
+def image_bytes(width: int, height: int, fmt: str = "JPEG") -> bytes:
+    """A small test image with some structure (a gradient), encoded as ``fmt``."""
+    img = Image.linear_gradient("L").resize((width, height)).convert("RGB")
+    out = io.BytesIO()
+    img.save(out, format=fmt)
+    return out.getvalue()
+
+
+@dataclass(frozen=True)
+class LoggedRequest:
+    """One request the fake received; ``params`` merges the query string and a form body."""
+
+    method: str
+    path: str
+    params: dict[str, str]
+    headers: dict[str, str]  # lower-case names
+
+
+@dataclass(frozen=True)
+class _Reply:
+    status: int
+    body: bytes
+    content_type: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _File:
+    title: str
+    data: bytes
+    pageid: int
+    mime: str
+    mediatype: str
+    width: int
+    height: int
+    format: str | None
+
+    @property
+    def key(self) -> str:
+        """The name as it appears in upload URLs (MediaWiki's DB key)."""
+        return self.title.removeprefix("File:").replace(" ", "_")
+
+
+class FakeCommons:
+    """Serves ``files`` (name → bytes; any accepted spelling of the name) and ``redirects``
+    (from name → to name) as Commons does, on ``127.0.0.1`` and an ephemeral port.
+
+    Knobs, all safe to change while it runs:
+
+    * `fail_api` / `fail_files`: the next N answers get a given status, body and headers;
+    * `api_error`: the next N API answers are a MediaWiki error object (HTTP 200);
+    * ``api_delay`` / ``file_delay``: seconds to wait before answering;
+    * ``upload_base``: origin for the URLs in imageinfo (another host, to test allow-lists);
+    * ``redirect_files_to``: files answer ``302`` to this URL;
+    * ``send_content_length``: False sends file bodies without a length (read until close).
+    """
+
+    def __init__(
+        self,
+        files: Mapping[str, bytes],
+        redirects: Mapping[str, str] | None = None,
+        *,
+        port: int = 0,
+    ) -> None:
+        self._files: dict[str, _File] = {}
+        for pageid, (name, data) in enumerate(files.items(), start=1):
+            file = _describe(_file_title(name), data, pageid)
+            self._files[file.title] = file
+        self._by_key = {file.key: file for file in self._files.values()}
+        self._redirects = {_file_title(a): _file_title(b) for a, b in (redirects or {}).items()}
+        self._redirect_ids = {title: 100_000 + i for i, title in enumerate(self._redirects)}
+        self._thumbs: dict[tuple[str, int], bytes] = {}
+        self._api_failures: list[_Reply] = []
+        self._file_failures: list[_Reply] = []
+        self._lock = threading.Lock()
+        self.requests: list[LoggedRequest] = []
+        self.api_delay = 0.0
+        self.file_delay = 0.0
+        self.upload_base: str | None = None
+        self.redirect_files_to: str | None = None
+        self.send_content_length = True
+        self._server = _Server(("127.0.0.1", port), _Handler)
+        self._server.fake = self
+        # A short poll keeps `shutdown` (every test's teardown) from waiting the default 0.5 s.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+
+    def __enter__(self) -> FakeCommons:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    @property
+    def api_url(self) -> str:
+        return self.base_url + API_PATH
+
+    @property
+    def api_requests(self) -> list[LoggedRequest]:
+        return [r for r in self.requests if r.path == API_PATH]
+
+    @property
+    def file_requests(self) -> list[LoggedRequest]:
+        return [r for r in self.requests if r.path != API_PATH]
+
+    def original_url(self, name: str) -> str:
+        """Where the imageinfo of file ``name`` says its original is."""
+        key = quote(self._files[_file_title(name)].key)
+        return f"{self.upload_base or self.base_url}/original/{key}"
+
+    def thumb_url(self, name: str, width: int) -> str:
+        """Where the imageinfo of file ``name`` says its ``width``-px thumbnail is."""
+        key = quote(self._files[_file_title(name)].key)
+        return f"{self.upload_base or self.base_url}/thumb/{key}/{width}px-{key}"
+
+    def fail_api(
+        self,
+        times: int = 1,
+        status: int = 503,
+        *,
+        body: bytes = _ERROR_PAGE,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """The next ``times`` API answers are ``status`` with an HTML ``body``."""
+        with self._lock:
+            self._api_failures += [_html(status, body, headers)] * times
+
+    def fail_files(
+        self,
+        times: int = 1,
+        status: int = 404,
+        *,
+        body: bytes = _ERROR_PAGE,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """The next ``times`` answers for originals or thumbnails are ``status``."""
+        with self._lock:
+            self._file_failures += [_html(status, body, headers)] * times
+
+    def api_error(self, code: str, info: str, times: int = 1) -> None:
+        """The next ``times`` API answers are ``{"error": {...}}`` with HTTP 200, as MediaWiki
+        answers e.g. ``maxlag`` or ``toomanyvalues``."""
+        reply = _api_error(code, info)
+        with self._lock:
+            self._api_failures += [reply] * times
+
+    def _next_failure(self, queue: list[_Reply]) -> _Reply | None:
+        with self._lock:
+            return queue.pop(0) if queue else None
+
+    def _api(self, params: dict[str, str]) -> _Reply:
+        if failure := self._next_failure(self._api_failures):
+            return failure
+        if params.get("action") != "query":
+            return _api_error(
+                "badvalue", f'Unrecognized value for parameter "action": {params.get("action")}.'
+            )
+        if params.get("format") != "json" or params.get("formatversion") != "2":
+            return _api_error(
+                "fake-unsupported", "The fake speaks only format=json&formatversion=2."
+            )
+        titles = params["titles"].split("|") if params.get("titles") else []
+        if len(titles) > MAX_TITLES:
+            return _api_error(
+                "toomanyvalues",
+                f'Too many values supplied for parameter "titles". The limit is {MAX_TITLES}.',
+                limit=MAX_TITLES,
+                lowlimit=MAX_TITLES,
+                highlimit=500,
+            )
+        body: dict[str, Any] = {"batchcomplete": True}
+        if titles:
+            body["query"] = self._query(titles, params)
+        return _json(body)
+
+    def _query(self, titles: list[str], params: dict[str, str]) -> dict[str, Any]:
+        normalized: list[dict[str, Any]] = []
+        redirects: list[dict[str, str]] = []
+        pages: dict[str, dict[str, Any]] = {}
+        follow = "redirects" in params
+        for raw in dict.fromkeys(titles):
+            try:
+                title = normalize_title(raw)
+            except InvalidTitle as exc:
+                pages[raw] = {"title": raw, "invalidreason": str(exc), "invalid": True}
+                continue
+            if title != raw:
+                normalized.append({"fromencoded": False, "from": raw, "to": title})
+            seen: set[str] = set()
+            while follow and title in self._redirects and title not in seen:
+                seen.add(title)
+                if all(r["from"] != title for r in redirects):
+                    redirects.append({"from": title, "to": self._redirects[title]})
+                title = self._redirects[title]
+            pages[title] = self._page(title, params, follow)
+        query: dict[str, Any] = {}
+        if normalized:
+            query["normalized"] = normalized
+        if redirects:
+            query["redirects"] = redirects
+        # Like MediaWiki: pages without an id (missing, invalid) first, then by page id;
+        # never in request order.
+        query["pages"] = sorted(pages.values(), key=lambda p: p.get("pageid", 0))
+        return query
+
+    def _page(self, title: str, params: dict[str, str], follow: bool) -> dict[str, Any]:
+        ns = 6 if title.startswith("File:") else 0
+        imageinfo = "imageinfo" in params.get("prop", "").split("|") and ns == 6
+        if not follow and title in self._redirects:
+            return {"pageid": self._redirect_ids[title], "ns": ns, "title": title, "redirect": True}
+        file = self._files.get(title)
+        if file is None:
+            page: dict[str, Any] = {"ns": ns, "title": title, "missing": True}
+            if imageinfo:
+                page["imagerepository"] = ""
+            return page
+        page = {"pageid": file.pageid, "ns": ns, "title": title}
+        if imageinfo:
+            page["imagerepository"] = "local"
+            page["imageinfo"] = [self._imageinfo(file, params)]
+        return page
+
+    def _imageinfo(self, file: _File, params: dict[str, str]) -> dict[str, Any]:
+        props = set(params.get("iiprop", "timestamp|user").split("|"))
+        info: dict[str, Any] = {}
+        if "size" in props:
+            info.update(size=len(file.data), width=file.width, height=file.height)
+        if "url" in props:
+            original = self.original_url(file.title)
+            width = int(params.get("iiurlwidth", -1))
+            if width > 0 and file.format:
+                if width >= file.width:  # bitmaps are never scaled up: the original it is
+                    info.update(thumburl=original, thumbwidth=file.width, thumbheight=file.height)
+                else:
+                    info.update(
+                        thumburl=self.thumb_url(file.title, width),
+                        thumbwidth=width,
+                        thumbheight=_scaled_height(file, width),
+                    )
+                    responsive = {
+                        density: self.thumb_url(file.title, round(width * float(density)))
+                        for density in ("1.5", "2")
+                        if round(width * float(density)) < file.width
+                    }
+                    if responsive:
+                        info["responsiveUrls"] = responsive
+            page_name = quote(file.title.replace(" ", "_"), safe="/:")
+            info.update(
+                url=original,
+                descriptionurl=f"{self.base_url}/wiki/{page_name}",
+                descriptionshorturl=f"{self.base_url}/w/index.php?curid={file.pageid}",
+            )
+        if "sha1" in props:
+            info["sha1"] = hashlib.sha1(file.data).hexdigest()
+        if "mime" in props:
+            info["mime"] = file.mime
+        if "mediatype" in props:
+            info["mediatype"] = file.mediatype
+        return info
+
+    def _file(self, path: str) -> _Reply:
+        if failure := self._next_failure(self._file_failures):
+            return failure
+        if self.redirect_files_to:
+            return _Reply(302, b"", "text/plain", {"Location": self.redirect_files_to})
+        section, *rest = [unquote(p) for p in path.split("/")[1:]]
+        file = self._by_key.get(rest[0]) if rest else None
+        if file and section == "original" and len(rest) == 1:
+            return _Reply(200, file.data, file.mime)
+        if file and file.format and section == "thumb" and len(rest) == 2:
+            match = _THUMB_NAME.fullmatch(rest[1])
+            if match and match.group(2) == rest[0]:
+                width = int(match.group(1))
+                if width >= file.width:  # what Wikimedia's thumbnailer answers
+                    return _Reply(400, b"Error: width is bigger than the source", "text/plain")
+                return _Reply(200, self._thumbnail(file, width), file.mime)
+        return _Reply(404, b"Not Found", "text/plain")
+
+    def _thumbnail(self, file: _File, width: int) -> bytes:
+        if (file.title, width) not in self._thumbs:
+            with Image.open(io.BytesIO(file.data)) as img:
+                thumb = img.resize((width, _scaled_height(file, width)), Image.Resampling.LANCZOS)
+                out = io.BytesIO()
+                thumb.save(out, format=file.format)
+            self._thumbs[(file.title, width)] = out.getvalue()
+        return self._thumbs[(file.title, width)]
+
+
+def _file_title(name: str) -> str:
+    """The title of a fixture named with or without ``File:``."""
+    return normalize_title(f"File:{name.removeprefix('File:')}")
+
+
+def _describe(title: str, data: bytes, pageid: int) -> _File:
+    """What MediaWiki would know about an upload; bytes Pillow cannot read are UNKNOWN."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            fmt, (width, height) = img.format, img.size
+    except UnidentifiedImageError:
+        return _File(title, data, pageid, "application/octet-stream", "UNKNOWN", 0, 0, None)
+    return _File(title, data, pageid, Image.MIME[fmt], "BITMAP", width, height, fmt)
+
+
+def _scaled_height(file: _File, width: int) -> int:
+    """MediaWiki's File::scaleHeight: rounded, at least 1."""
+    return max(1, round(file.height * width / file.width))
+
+
+def _html(status: int, body: bytes, headers: Mapping[str, str] | None) -> _Reply:
+    return _Reply(status, body, "text/html; charset=utf-8", dict(headers or {}))
+
+
+def _json(body: dict[str, Any], headers: dict[str, str] | None = None) -> _Reply:
+    return _Reply(
+        200, json.dumps(body).encode(), "application/json; charset=utf-8", headers or {}
+    )
+
+
+def _api_error(code: str, info: str, **extra: Any) -> _Reply:
+    error = {"code": code, "info": info, **extra}
+    error["docref"] = "See /w/api.php for API usage."
+    return _json({"error": error, "servedby": "fake-commons"}, {"MediaWiki-API-Error": code})
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    fake: FakeCommons
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that gave up (a timeout test) leaves a broken pipe behind: not news.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def do_GET(self) -> None:
+        self._handle(b"")
+
+    def do_POST(self) -> None:
+        self._handle(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # the request log is `FakeCommons.requests`
+
+    def _handle(self, body: bytes) -> None:
+        fake = self.server.fake
+        url = urlsplit(self.path)
+        params = dict(parse_qsl(url.query, keep_blank_values=True))
+        if self.headers.get_content_type() == "application/x-www-form-urlencoded":
+            params.update(parse_qsl(body.decode(), keep_blank_values=True))
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        fake.requests.append(LoggedRequest(self.command, url.path, params, headers))
+        is_api = url.path == API_PATH
+        time.sleep(fake.api_delay if is_api else fake.file_delay)
+        reply = fake._api(params) if is_api else fake._file(url.path)
+        self.send_response(reply.status)
+        self.send_header("Content-Type", reply.content_type)
+        for name, value in reply.headers.items():
+            self.send_header(name, value)
+        if is_api or fake.send_content_length:
+            self.send_header("Content-Length", str(len(reply.body)))
+        else:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        self.wfile.write(reply.body)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Serve a folder of images as a fake Commons.")
+    parser.add_argument("directory", type=Path)
+    parser.add_argument("--port", type=int, default=8090)
+    args = parser.parse_args(argv)
+    files = {p.name: p.read_bytes() for p in sorted(args.directory.iterdir()) if p.is_file()}
+    with FakeCommons(files, port=args.port) as fake:
+        print(f"fake Commons API at {fake.api_url} serving {len(files)} files", flush=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()

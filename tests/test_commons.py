@@ -1,0 +1,369 @@
+"""`transformer.commons` against `FakeCommons`, a real HTTP server speaking MediaWiki's format."""
+
+from __future__ import annotations
+
+import io
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+from tests.fake_commons import FakeCommons, image_bytes
+from transformer.commons import CommonsClient, CommonsFile, CommonsUnavailable, ItemError
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(30)]
+
+UA = "commons-moderation-tests/1.0 (https://example.org/contact)"
+FILES = {
+    "Portrait.jpg": image_bytes(600, 900),
+    "Landscape photo.jpg": image_bytes(800, 600),
+    "Panorama.jpg": image_bytes(2000, 400),
+    "Panorama 2.jpg": image_bytes(1500, 300),
+    "Small panorama.jpg": image_bytes(500, 100),
+    "Very wide.jpg": image_bytes(4000, 300),
+    "Small.png": image_bytes(100, 80, "PNG"),
+    "Not an image.bin": b"not an image",
+}
+REDIRECTS = {"Old name.jpg": "Portrait.jpg"}
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeCommons]:
+    with FakeCommons(FILES, REDIRECTS) as server:
+        yield server
+
+
+def client_for(fake: FakeCommons, **options: Any) -> CommonsClient:
+    options = {"upload_hosts": (), "backoff": 0.01, **options}
+    return CommonsClient(fake.api_url, user_agent=UA, **options)
+
+
+def sent_titles(fake: FakeCommons) -> list[list[str]]:
+    return [r.params["titles"].split("|") for r in fake.api_requests]
+
+
+def ok(result: CommonsFile | ItemError) -> CommonsFile:
+    assert isinstance(result, CommonsFile), result
+    return result
+
+
+def error_code(result: CommonsFile | ItemError) -> str:
+    assert isinstance(result, ItemError), result
+    return result.code
+
+
+# --- resolving names -------------------------------------------------------------------
+
+
+async def test_any_spelling_of_a_name_resolves_in_one_call(fake: FakeCommons) -> None:
+    names = [
+        "Portrait.jpg",
+        "File:Portrait.jpg",
+        "file:portrait.jpg",
+        "Image:Portrait.jpg",
+        "Landscape_photo.jpg",
+        " File:Landscape photo.jpg ",
+    ]
+    async with client_for(fake) as client:
+        results = await client.resolve(names)
+    titles = [ok(r).title for r in results]
+    assert titles == ["File:Portrait.jpg"] * 4 + ["File:Landscape photo.jpg"] * 2
+    assert len(fake.api_requests) == 1
+    # Spellings are sent as given (deduplicated) and mapped back through `normalized`.
+    assert sent_titles(fake) == [
+        [
+            "File:Portrait.jpg",
+            "file:portrait.jpg",
+            "Image:Portrait.jpg",
+            "File:Landscape_photo.jpg",
+            "File:Landscape photo.jpg",
+        ]
+    ]
+
+
+async def test_redirects_missing_files_and_request_order(fake: FakeCommons) -> None:
+    names = ["Missing.jpg", "Old_name.jpg", "Small.png", "File:Also missing.png", "Portrait.jpg"]
+    async with client_for(fake) as client:
+        results = await client.resolve(names)
+    assert error_code(results[0]) == "file_not_found"
+    assert "File:Missing.jpg" in results[0].message
+    assert ok(results[1]).title == "File:Portrait.jpg"
+    assert ok(results[2]).title == "File:Small.png"
+    assert error_code(results[3]) == "file_not_found"
+    assert ok(results[4]) == results[1]
+    assert len(fake.api_requests) == 1
+
+
+async def test_invalid_names_are_rejected_without_a_request(fake: FakeCommons) -> None:
+    names = ["", "File:", "  _ ", "A|B.jpg", "A<b>.jpg", "x[1].png", "Tab\t.jpg", "a{b}.jpg"]
+    names.append("é" * 128 + ".jpg")  # 260 bytes in UTF-8
+    async with client_for(fake) as client:
+        results = await client.resolve(names)
+    assert [error_code(r) for r in results] == ["invalid_title"] * len(names)
+    assert "'|'" in results[3].message
+    assert "255 bytes" in results[-1].message
+    assert fake.api_requests == []
+
+
+async def test_invalid_names_do_not_spoil_valid_ones(fake: FakeCommons) -> None:
+    async with client_for(fake) as client:
+        results = await client.resolve(["A|B.jpg", "Portrait.jpg"])
+    assert error_code(results[0]) == "invalid_title"
+    assert ok(results[1]).title == "File:Portrait.jpg"
+    assert sent_titles(fake) == [["File:Portrait.jpg"]]
+
+
+async def test_titles_the_server_finds_invalid_are_per_item_errors(fake: FakeCommons) -> None:
+    async with client_for(fake) as client:
+        results = await client.resolve(["A%41.jpg", "../up.jpg", "~~~~.png", "Portrait.jpg"])
+    assert [error_code(r) for r in results[:3]] == ["invalid_title"] * 3
+    assert "invalid characters" in results[0].message
+    assert "relative path" in results[1].message
+    assert ok(results[3]).title == "File:Portrait.jpg"
+
+
+async def test_up_to_50_names_take_one_call_and_more_are_chunked(fake: FakeCommons) -> None:
+    async with client_for(fake) as client:
+        fifty = await client.resolve([f"F{i}.jpg" for i in range(49)] + ["Portrait.jpg"])
+        assert len(fake.api_requests) == 1
+        many = await client.resolve([f"G{i}.jpg" for i in range(119)] + ["Portrait.jpg"])
+    assert [len(titles) for titles in sent_titles(fake)] == [50, 50, 50, 20]
+    assert ok(fifty[-1]).title == ok(many[-1]).title == "File:Portrait.jpg"
+    assert {error_code(r) for r in many[:-1]} == {"file_not_found"}
+
+
+async def test_fake_refuses_more_than_50_titles_like_mediawiki(fake: FakeCommons) -> None:
+    params = {"action": "query", "prop": "imageinfo", "format": "json", "formatversion": "2"}
+    params["titles"] = "|".join(f"File:{i}.jpg" for i in range(51))
+    async with httpx.AsyncClient() as http:
+        response = await http.post(fake.api_url, data=params)
+    assert response.status_code == 200
+    assert response.headers["MediaWiki-API-Error"] == "toomanyvalues"
+    assert response.json()["error"]["code"] == "toomanyvalues"
+
+
+# --- thumbnail width -----------------------------------------------------------------------
+
+
+async def test_thumbnails_have_a_short_side_of_at_least_224(fake: FakeCommons) -> None:
+    names = [
+        "Portrait.jpg",
+        "Landscape photo.jpg",
+        "Panorama.jpg",
+        "Panorama 2.jpg",
+        "Small panorama.jpg",
+        "Very wide.jpg",
+        "Small.png",
+        "Not an image.bin",
+    ]
+    async with client_for(fake) as client:
+        results = [ok(r) for r in await client.resolve(names)]
+    portrait, landscape, pano, pano2, small_pano, very_wide, small, not_image = results
+
+    # A cached width (330) serves ordinary pictures in one call.
+    assert portrait.url == fake.thumb_url("Portrait.jpg", 330)
+    assert (portrait.thumb_width, portrait.thumb_height) == (330, 495)
+    assert landscape.url == fake.thumb_url("Landscape photo.jpg", 330)
+    assert (landscape.thumb_width, landscape.thumb_height) == (330, 248)
+    # Panoramas get the smallest cached width that makes them 224 px high ...
+    assert pano.url == fake.thumb_url("Panorama.jpg", 1280)
+    assert (pano.thumb_width, pano.thumb_height) == (1280, 256)
+    assert (pano2.thumb_width, pano2.thumb_height) == (1280, 256)
+    # ... never wider than the original (then it is the original) ...
+    assert small_pano.url == fake.original_url("Small panorama.jpg")
+    assert (small_pano.thumb_width, small_pano.thumb_height) == (500, 100)
+    # ... or the exact width when no cached one is wide enough.
+    assert (very_wide.thumb_width, very_wide.thumb_height) == (2987, 224)
+    # Originals smaller than the asked width come as they are.
+    assert small.url == fake.original_url("Small.png")
+    assert (small.thumb_width, small.thumb_height) == (100, 80)
+    assert not_image.url == fake.original_url("Not an image.bin")
+    assert (not_image.mediatype, not_image.width) == ("UNKNOWN", 0)
+
+    # One call at 330 for all, then one per wider width, panoramas of a width together.
+    calls = [(r.params["iiurlwidth"], r.params["titles"]) for r in fake.api_requests]
+    assert calls[0][0] == "330"
+    assert sorted(calls[1:]) == [
+        ("1280", "File:Panorama.jpg|File:Panorama 2.jpg"),
+        ("2987", "File:Very wide.jpg"),
+        ("500", "File:Small panorama.jpg"),
+    ]
+
+
+async def test_file_metadata_comes_from_imageinfo(fake: FakeCommons) -> None:
+    async with client_for(fake) as client:
+        (file,) = await client.resolve(["Small.png"])
+    file = ok(file)
+    assert (file.mime, file.mediatype, file.width, file.height) == ("image/png", "BITMAP", 100, 80)
+    assert file.size == len(FILES["Small.png"])
+    assert len(file.sha1) == 40
+    assert file.original_url == fake.original_url("Small.png")
+
+
+async def test_fetch_downloads_the_chosen_thumbnail_or_the_original(fake: FakeCommons) -> None:
+    async with client_for(fake) as client:
+        pano, portrait = [ok(r) for r in await client.resolve(["Panorama.jpg", "Portrait.jpg"])]
+        thumb = await client.fetch(pano)
+        original = await client.fetch(portrait, original=True)
+    assert isinstance(thumb, bytes)
+    assert Image.open(io.BytesIO(thumb)).size == (1280, 256)
+    assert original == FILES["Portrait.jpg"]
+
+
+# --- politeness and upstream failures -------------------------------------------------------
+
+
+async def test_user_agent_and_query_parameters_are_sent(fake: FakeCommons) -> None:
+    async with client_for(fake) as client:
+        (file,) = await client.resolve(["Portrait.jpg"])
+        await client.fetch(ok(file))
+    assert fake.api_requests and fake.file_requests
+    assert {r.headers["user-agent"] for r in fake.requests} == {UA}
+    params = fake.api_requests[0].params
+    assert params == params | {
+        "action": "query",
+        "prop": "imageinfo",
+        "iiprop": "url|sha1|mime|size|mediatype",
+        "iiurlwidth": "330",
+        "redirects": "1",
+        "format": "json",
+        "formatversion": "2",
+    }
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 429])
+async def test_transient_failures_are_retried(fake: FakeCommons, status: int) -> None:
+    fake.fail_api(2, status)
+    async with client_for(fake) as client:
+        (file,) = await client.resolve(["Portrait.jpg"])
+    assert ok(file).title == "File:Portrait.jpg"
+    assert len(fake.api_requests) == 3
+
+
+async def test_retry_after_is_honoured_but_capped(fake: FakeCommons) -> None:
+    fake.fail_api(1, 429, headers={"Retry-After": "60"})
+    start = time.monotonic()
+    async with client_for(fake, max_retry_after=0.2, backoff=5.0) as client:
+        (file,) = await client.resolve(["Portrait.jpg"])
+    assert 0.2 <= time.monotonic() - start < 2
+    assert ok(file).title == "File:Portrait.jpg"
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"), [(500, 502), (502, 502), (503, 503), (429, 503), (504, 504)]
+)
+async def test_exhausted_retries_raise_with_our_status(
+    fake: FakeCommons, status: int, expected: int
+) -> None:
+    fake.fail_api(3, status)
+    async with client_for(fake) as client:
+        with pytest.raises(CommonsUnavailable) as raised:
+            await client.resolve(["Portrait.jpg"])
+    assert raised.value.status == expected
+    assert str(status) in raised.value.message
+    assert len(fake.api_requests) == 3
+
+
+async def test_timeouts_raise_504(fake: FakeCommons) -> None:
+    fake.api_delay = 1.0
+    async with client_for(fake, api_timeout=0.1, retries=1) as client:
+        with pytest.raises(CommonsUnavailable) as raised:
+            await client.resolve(["Portrait.jpg"])
+    assert raised.value.status == 504
+    assert len(fake.api_requests) == 2
+
+
+async def test_unreachable_commons_raises_502() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    api_url = f"http://127.0.0.1:{port}/w/api.php"
+    async with CommonsClient(api_url, user_agent=UA, backoff=0.01) as client:
+        with pytest.raises(CommonsUnavailable) as raised:
+            await client.resolve(["Portrait.jpg"])
+    assert raised.value.status == 502
+
+
+async def test_api_errors_raise_502_without_retrying(fake: FakeCommons) -> None:
+    fake.api_error("internal_api_error_DBQueryError", "A database query error has occurred.")
+    async with client_for(fake) as client:
+        with pytest.raises(CommonsUnavailable) as raised:
+            await client.resolve(["Portrait.jpg"])
+    assert raised.value.status == 502
+    assert "internal_api_error_DBQueryError" in raised.value.message
+    assert len(fake.api_requests) == 1
+
+
+async def test_invalid_json_raises_502(fake: FakeCommons) -> None:
+    fake.fail_api(1, 200, body=b"<html>maintenance</html>")
+    async with client_for(fake) as client:
+        with pytest.raises(CommonsUnavailable) as raised:
+            await client.resolve(["Portrait.jpg"])
+    assert raised.value.status == 502
+    assert "JSON" in raised.value.message
+
+
+# --- fetching ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("send_length", [True, False])
+async def test_fetch_stops_at_the_size_limit(fake: FakeCommons, send_length: bool) -> None:
+    fake.send_content_length = send_length
+    async with client_for(fake, max_fetch_bytes=1000) as client:
+        (file,) = await client.resolve(["Portrait.jpg"])
+        result = await client.fetch(ok(file))
+    assert error_code(result) == "file_too_large"
+
+
+async def test_urls_outside_the_allowed_hosts_are_never_fetched(fake: FakeCommons) -> None:
+    with FakeCommons(FILES) as elsewhere:
+        fake.upload_base = elsewhere.base_url
+        async with client_for(fake) as client:
+            (file,) = await client.resolve(["Portrait.jpg"])
+            assert ok(file).url.startswith(elsewhere.base_url)
+            result = await client.fetch(ok(file))
+        assert error_code(result) == "url_not_allowed"
+        assert elsewhere.requests == []
+        # Once the host is configured as an upload host, it is fetched.
+        upload_host = elsewhere.base_url.removeprefix("http://")
+        async with client_for(fake, upload_hosts=(upload_host,)) as client:
+            assert isinstance(await client.fetch(ok(file)), bytes)
+        assert len(elsewhere.requests) == 1
+
+
+async def test_redirects_are_not_followed(fake: FakeCommons) -> None:
+    with FakeCommons(FILES) as elsewhere:
+        fake.redirect_files_to = elsewhere.original_url("Portrait.jpg")
+        async with client_for(fake) as client:
+            (file,) = await client.resolve(["Portrait.jpg"])
+            result = await client.fetch(ok(file))
+        assert error_code(result) == "fetch_failed"
+        assert "302" in result.message
+        assert elsewhere.requests == []
+
+
+async def test_a_missing_thumbnail_is_a_per_item_error(fake: FakeCommons) -> None:
+    async with client_for(fake) as client:
+        files = [ok(r) for r in await client.resolve(["Portrait.jpg", "Small.png"])]
+        fake.fail_files(1, 404)
+        results = [await client.fetch(file) for file in files]
+    assert error_code(results[0]) == "fetch_failed"
+    assert "404" in results[0].message
+    assert isinstance(results[1], bytes)
+    assert len(fake.file_requests) == 2  # a 404 is not retried
+
+
+async def test_fetch_retries_then_raises_on_upload_outage(fake: FakeCommons) -> None:
+    async with client_for(fake) as client:
+        (file,) = await client.resolve(["Portrait.jpg"])
+        fake.fail_files(2, 503)
+        assert isinstance(await client.fetch(ok(file)), bytes)
+        fake.fail_files(3, 502)
+        with pytest.raises(CommonsUnavailable) as raised:
+            await client.fetch(ok(file))
+    assert raised.value.status == 502
+    assert len(fake.file_requests) == 6
