@@ -88,18 +88,15 @@ class ImageModel(kserve.Model):
             max_bytes=self.settings.max_image_bytes,
         )
         sources = await fetch_all(instances, self.commons)
-        loop = asyncio.get_running_loop()
-        results = await asyncio.gather(
-            *(
-                loop.run_in_executor(
-                    self.executor, prepare, source, self.pipeline, self.settings.max_image_pixels
-                )
-                if isinstance(source, bytes)
-                else _resolved(source)
-                for source in sources
-            )
-        )
+        results = await asyncio.gather(*(self._prepare(source) for source in sources))
         return Batch(instances, list(results))
+
+    async def _prepare(self, source: bytes | ItemError) -> np.ndarray | ItemError:
+        if isinstance(source, ItemError):
+            return source
+        return await asyncio.get_running_loop().run_in_executor(
+            self.executor, prepare, source, self.pipeline, self.settings.max_image_pixels
+        )
 
     async def predict(self, batch: Batch, headers: dict | None = None) -> Batch:
         ready = [i for i, r in enumerate(batch.results) if isinstance(r, np.ndarray)]
@@ -137,7 +134,3 @@ class ImageModel(kserve.Model):
             "prediction": float(result[1]),
             "out_of_domain": float(result[0]),
         }
-
-
-async def _resolved(error: ItemError) -> ItemError:
-    return error

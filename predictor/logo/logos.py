@@ -1,0 +1,198 @@
+"""Logo SVGs from the npm packages, and their rasterisation into upload-like files.
+
+Each package is read by its own small reader because each lays its icons out
+differently. Every logo carries a ``brand`` key: the split is made by brand, so GitHub's
+logo from four packages lands in one split and cannot leak from training into test.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cairosvg
+import numpy as np
+from PIL import Image
+
+from predictor.logo.imaging import (
+    Colour,
+    encode,
+    flatten,
+    hex_colour,
+    log_uniform,
+    luminance,
+    parse_hex,
+    random_colour,
+)
+
+WHITE: Colour = (255, 255, 255)
+BLACK: Colour = (0, 0, 0)
+
+
+@dataclass(frozen=True)
+class LogoSvg:
+    package: str
+    source_file: str  # path inside the package; "file#name" for icons bundled in JSON
+    brand: str
+    svg: bytes
+    # Single-colour icons ship without colour (they render black): we paint them, with
+    # ``colour`` (the brand colour) when the package records it.
+    mono: bool = False
+    colour: str | None = None
+    licence: str | None = None  # where the package records a licence per icon
+
+
+class BlankRender(ValueError):
+    """The SVG rendered to nothing visible (unsupported features, empty icon)."""
+
+
+def read_logos(package: str, root: Path) -> Iterator[LogoSvg]:
+    yield from _READERS[package](package, root)
+
+
+def render_logo(logo: LogoSvg, rng: np.random.Generator) -> tuple[bytes, dict]:
+    """Rasterise at a random size, paint, pad and put on a background; return file bytes."""
+    fill = _pick_fill(logo, rng) if logo.mono else None
+    svg = logo.svg if fill is None else _paint(logo.svg, fill)
+    size = round(log_uniform(rng, 48, 768))
+    img = _rasterise(svg, size)
+    img = _pad(img, rng)
+    background = _pick_background(rng, fill)
+    if background is not None:
+        img = flatten(img, background)
+    data, params = encode(img, rng, jpeg_share=0.35)
+    params.update(
+        size=size,
+        fill=None if fill is None else hex_colour(fill),
+        background="transparent" if background is None else hex_colour(background),
+    )
+    return data, params
+
+
+def _rasterise(svg: bytes, size: int) -> Image.Image:
+    """Render with the longer side at ``size`` pixels, keeping the aspect ratio."""
+    img = Image.open(io.BytesIO(cairosvg.svg2png(bytestring=svg, output_width=size)))
+    if img.height > size * 1.02:  # taller than wide: fit the height instead
+        img = Image.open(io.BytesIO(cairosvg.svg2png(bytestring=svg, output_height=size)))
+    img = img.convert("RGBA")
+    alpha = np.asarray(img.getchannel("A"))
+    if alpha.max() == 0:
+        raise BlankRender("nothing visible")
+    return img
+
+
+def _pick_fill(logo: LogoSvg, rng: np.random.Generator) -> Colour:
+    roll = rng.random()
+    if roll < 0.55:
+        return parse_hex(logo.colour) if logo.colour else random_colour(rng)
+    if roll < 0.85:
+        return BLACK
+    return WHITE
+
+
+def _paint(svg: bytes, fill: Colour) -> bytes:
+    colour = hex_colour(fill).encode()
+    # simple-icons have no fill at all (inherits from the root); Font Awesome uses currentColor.
+    return svg.replace(b"currentColor", colour).replace(b"<svg ", b'<svg fill="' + colour + b'" ', 1)
+
+
+def _pad(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    if rng.random() < 0.3:
+        return img  # tightly cropped, as many uploads are
+    side = max(img.size)
+    left, top, right, bottom = (round(side * f) for f in rng.uniform(0, 0.25, size=4))
+    canvas = Image.new("RGBA", (img.width + left + right, img.height + top + bottom), (0, 0, 0, 0))
+    canvas.paste(img, (left, top))
+    return canvas
+
+
+def _pick_background(rng: np.random.Generator, fill: Colour | None) -> Colour | None:
+    """None keeps transparency; a light fill is never put on a light background."""
+    roll = rng.random()
+    light_fill = fill is not None and luminance(fill) > 0.8
+    if roll < 0.45:
+        return random_colour(rng, lightness=(0.05, 0.35)) if light_fill else None
+    if roll < 0.65:
+        return BLACK if light_fill else WHITE
+    if roll < 0.75:
+        return random_colour(rng, lightness=(0.05, 0.3) if light_fill else (0.88, 0.97))
+    if roll < 0.9:
+        return random_colour(rng, lightness=(0.1, 0.4) if light_fill else (0.3, 0.7))
+    return random_colour(rng, lightness=(0.02, 0.15))
+
+
+# --- package readers -------------------------------------------------------------------
+
+_VARIANT = re.compile(r"(^(square|circle)-)|(-(icon|original|plain|wordmark|line|alt|square|logo|color))+$")
+
+
+def _brand(name: str) -> str:
+    """A brand key shared across packages: 'github-original-wordmark' -> 'github'."""
+    return re.sub(r"[^a-z0-9]", "", _VARIANT.sub("", name.lower())) or name.lower()
+
+
+def _svg_files(package: str, root: Path, pattern: str, **extra) -> Iterator[LogoSvg]:
+    for path in sorted(root.glob(pattern)):
+        yield LogoSvg(package, str(path.relative_to(root)), _brand(path.stem), path.read_bytes(), **extra)
+
+
+def _simple_icons(package: str, root: Path) -> Iterator[LogoSvg]:
+    for icon in json.loads((root / "data" / "simple-icons.json").read_text()):
+        path = root / "icons" / f"{icon['slug']}.svg"
+        yield LogoSvg(
+            package,
+            str(path.relative_to(root)),
+            _brand(icon["slug"]),
+            path.read_bytes(),
+            mono=True,
+            colour=icon["hex"],
+            licence=icon.get("license", {}).get("type"),
+        )
+
+
+def _iconify(package: str, root: Path) -> Iterator[LogoSvg]:
+    data = json.loads((root / "icons.json").read_text())
+    for name in sorted(data["icons"]):
+        icon = data["icons"][name]
+        if icon.get("hidden"):  # kept by Iconify only for backwards compatibility
+            continue
+        box = (icon.get("left", 0), icon.get("top", 0),
+               icon.get("width", data["width"]), icon.get("height", data["height"]))
+        svg = (
+            '<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" '
+            f'viewBox="{" ".join(map(str, box))}">{icon["body"]}</svg>'
+        )
+        yield LogoSvg(package, f"icons.json#{name}", _brand(name), svg.encode())
+
+
+def _devicon(package: str, root: Path) -> Iterator[LogoSvg]:
+    """The coloured 'original' mark (else 'plain') and wordmark of each technology."""
+    for folder in sorted(p for p in (root / "icons").iterdir() if p.is_dir()):
+        for kind in ("", "-wordmark"):
+            for style in ("original", "plain"):
+                path = folder / f"{folder.name}-{style}{kind}.svg"
+                if path.exists():
+                    yield LogoSvg(package, str(path.relative_to(root)), _brand(folder.name), path.read_bytes())
+                    break
+
+
+def _flags(package: str, root: Path) -> Iterator[LogoSvg]:
+    for path in sorted((root / "flags" / "4x3").glob("*.svg")):
+        yield LogoSvg(package, str(path.relative_to(root)), f"flag-{path.stem}", path.read_bytes())
+
+
+_READERS: dict[str, Callable[[str, Path], Iterator[LogoSvg]]] = {
+    "simple-icons": _simple_icons,
+    "@iconify-json/logos": _iconify,
+    # Font Awesome's package licence covers fonts and code too; its SVG icons are CC BY 4.0.
+    "@fortawesome/fontawesome-free": lambda p, r: _svg_files(p, r, "svgs/brands/*.svg", mono=True,
+                                                             licence="CC-BY-4.0"),
+    "devicon": _devicon,
+    "super-tiny-icons": lambda p, r: _svg_files(p, r, "images/svg/*.svg"),
+    "cryptocurrency-icons": lambda p, r: _svg_files(p, r, "svg/color/*.svg"),
+    "flag-icons": _flags,
+}
