@@ -17,6 +17,7 @@ $(STAMP): requirements.txt
 	touch $@
 
 include predictor/logo/logo.mk
+include charts/helm.mk
 
 build/nsfw/model.onnx: $(STAMP) predictor/nsfw_export.py predictor/specs.py
 	$(PY) -m predictor export-nsfw --out $@
@@ -30,7 +31,7 @@ $(REPOSITORY_STAMP): build/logo/model.onnx build/nsfw/model.onnx predictor/specs
 serve: models
 	$(PY) -m predictor serve
 
-test: models
+test: models $(HELM)
 	$(PY) -m pytest
 
 clean:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 
 import typer
 
-from predictor import nsfw_export, repository, stack
+from predictor import engines, nsfw_export, repository, stack
 from predictor.specs import LOGO, NSFW
 from predictor.triton_server import TritonPorts
 
@@ -19,14 +20,30 @@ def export_nsfw(out: Path = typer.Option(Path("build/nsfw/model.onnx"))) -> None
     typer.echo(f"wrote {nsfw_export.export(out)}")
 
 
+class Profile(str, Enum):
+    cpu = "cpu"
+    gpu = "gpu"
+
+
 @app.command("build-repository")
 def build_repository(
     out: Path = typer.Option(Path("model_repository")),
     logo_onnx: Path = typer.Option(Path("build/logo/model.onnx")),
     nsfw_onnx: Path = typer.Option(Path("build/nsfw/model.onnx")),
+    profile: Profile = typer.Option(
+        Profile.cpu, help="cpu: Python backend on ONNX Runtime; gpu: TensorRT engines."
+    ),
+    compute_capability: list[str] = typer.Option(
+        list(engines.COMPUTE_CAPABILITIES),
+        help="gpu: GPUs to map an engine for (repeat the option).",
+    ),
 ) -> None:
-    """Generate the CPU-profile Triton model repository from the model specs."""
-    built = repository.build_cpu(out, {LOGO.name: logo_onnx, NSFW.name: nsfw_onnx})
+    """Generate a Triton model repository from the model specs (CPU profile by default)."""
+    onnx_files = {LOGO.name: logo_onnx, NSFW.name: nsfw_onnx}
+    if profile is Profile.gpu:
+        built = repository.build_gpu(out, onnx_files, compute_capabilities=compute_capability)
+    else:
+        built = repository.build_cpu(out, onnx_files)
     typer.echo(f"wrote {built}")
 
 

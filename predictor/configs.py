@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from predictor import engines
 from predictor.specs import ONNX_FILENAME, ModelSpec
+
 
 def _io(spec: ModelSpec, config: mc.ModelConfig) -> None:
     config.input.add(name=spec.input_name, data_type=mc.TYPE_UINT8, dims=list(spec.input_dims))
     config.output.add(name=spec.output_name, data_type=mc.TYPE_FP32, dims=list(spec.output_dims))
+
+
+def _warmup(spec: ModelSpec, config: mc.ModelConfig, name: str, batch_size: int) -> None:
+    """Triton runs warmups before it reports the model ready, so with ``--strict-readiness``
+    a replica takes no traffic while its first requests would still be slow."""
+    warmup = config.model_warmup.add(name=name, batch_size=batch_size)
+    warmup.inputs[spec.input_name].CopyFrom(
+        mc.ModelWarmup.Input(data_type=mc.TYPE_UINT8, dims=list(spec.input_dims), zero_data=True)
+    )
 
 
 def cpu_config(spec: ModelSpec) -> mc.ModelConfig:
@@ -25,10 +38,33 @@ def cpu_config(spec: ModelSpec) -> mc.ModelConfig:
     }
     for key, value in parameters.items():
         config.parameters[key].string_value = value
-    warmup = config.model_warmup.add(name="zeros", batch_size=1)
-    warmup.inputs[spec.input_name].CopyFrom(
-        mc.ModelWarmup.Input(data_type=mc.TYPE_UINT8, dims=list(spec.input_dims), zero_data=True)
+    _warmup(spec, config, "zeros", 1)
+    return config
+
+
+def gpu_config(
+    spec: ModelSpec,
+    compute_capabilities: Iterable[str] = engines.COMPUTE_CAPABILITIES,
+    tensorrt_version: str = engines.TENSORRT_VERSION,
+) -> mc.ModelConfig:
+    """GPU profile: TensorRT plans built on the target GPU (``predictor.engines``).
+
+    ``cc_model_filenames`` lets one repository serve every listed GPU model; the batcher
+    prefers the batch sizes the engine's optimisation profile was tuned for.
+    """
+    config = mc.ModelConfig(
+        name=spec.name, platform="tensorrt_plan", max_batch_size=spec.max_batch_size
     )
+    _io(spec, config)
+    config.dynamic_batching.preferred_batch_size.extend(spec.gpu_preferred_batch_sizes)
+    config.dynamic_batching.max_queue_delay_microseconds = spec.gpu_max_queue_delay_us
+    config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_GPU, count=spec.gpu_instances)
+    config.cc_model_filenames.update(
+        engines.cc_model_filenames(compute_capabilities, tensorrt_version)
+    )
+    # TensorRT loads kernels lazily per shape: warm batch 1 and every preferred size.
+    for batch_size in sorted({1, *spec.gpu_preferred_batch_sizes}):
+        _warmup(spec, config, f"zeros_batch{batch_size}", batch_size)
     return config
 
 

@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from predictor.configs import cpu_config, render
-from predictor.specs import ONNX_FILENAME, SPECS, ModelSpec
+from predictor import engines
+from predictor.configs import cpu_config, gpu_config, render
+from predictor.specs import MODEL_VERSION, ONNX_FILENAME, SPECS, ModelSpec
 
 BACKEND_MODEL = Path(__file__).parent / "backend" / "model.py"
-MODEL_VERSION = "1"
 
 
-def build_cpu(out: Path, onnx_files: dict[str, Path], specs: tuple[ModelSpec, ...] = SPECS) -> Path:
-    """Write the CPU profile: ``<name>/config.pbtxt`` and ``<name>/1/{model.py,model.onnx}``.
+def _assemble(
+    out: Path,
+    onnx_files: dict[str, Path],
+    specs: tuple[ModelSpec, ...],
+    config_text: Callable[[ModelSpec], str],
+    extra_files: tuple[Path, ...] = (),
+) -> Path:
+    """Write ``<name>/config.pbtxt`` and ``<name>/1/model.onnx`` (plus ``extra_files``).
 
     The tree is assembled beside ``out`` and swapped in with a rename, so a running or
     interrupted build never leaves Triton a half-written repository.
@@ -28,10 +35,34 @@ def build_cpu(out: Path, onnx_files: dict[str, Path], specs: tuple[ModelSpec, ..
     for spec in specs:
         version_dir = staging / spec.name / MODEL_VERSION
         version_dir.mkdir(parents=True)
-        (staging / spec.name / "config.pbtxt").write_text(render(cpu_config(spec)))
-        shutil.copyfile(BACKEND_MODEL, version_dir / "model.py")
+        (staging / spec.name / "config.pbtxt").write_text(config_text(spec))
+        for extra in extra_files:
+            shutil.copyfile(extra, version_dir / extra.name)
         shutil.copyfile(onnx_files[spec.name], version_dir / ONNX_FILENAME)
     if out.exists():
         shutil.rmtree(out)
     staging.rename(out)
     return out
+
+
+def build_cpu(out: Path, onnx_files: dict[str, Path], specs: tuple[ModelSpec, ...] = SPECS) -> Path:
+    """Write the CPU profile: ``<name>/config.pbtxt`` and ``<name>/1/{model.py,model.onnx}``."""
+    return _assemble(
+        out, onnx_files, specs, lambda spec: render(cpu_config(spec)), extra_files=(BACKEND_MODEL,)
+    )
+
+
+def build_gpu(
+    out: Path,
+    onnx_files: dict[str, Path],
+    specs: tuple[ModelSpec, ...] = SPECS,
+    compute_capabilities: Iterable[str] = engines.COMPUTE_CAPABILITIES,
+) -> Path:
+    """Write the GPU profile: ``<name>/config.pbtxt`` and ``<name>/1/model.onnx``.
+
+    The ONNX file is the engine builder's input; Triton loads only the engine that
+    ``cc_model_filenames`` selects, which ``python -m predictor.engines build-repository``
+    adds beside it on each kind of GPU node.
+    """
+    capabilities = tuple(compute_capabilities)
+    return _assemble(out, onnx_files, specs, lambda spec: render(gpu_config(spec, capabilities)))

@@ -1,0 +1,28 @@
+# syntax=docker/dockerfile:1
+# The KServe transformer (python -m transformer). Build from the repository root:
+#   docker build -f docker/transformer.Dockerfile -t commons-moderation-transformer:0.1.0 .
+# Bases are pinned by tag; pin them by digest in the publishing pipeline.
+
+FROM python:3.11.11-slim-bookworm AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+COPY requirements.txt /tmp/requirements.txt
+# The serving path's packages only, at the lock's versions (the lock also holds torch and
+# the training tools, which never run here). Wheels only: nothing is compiled.
+RUN python -m venv /opt/venv \
+ && /opt/venv/bin/pip install --only-binary=:all: --constraint /tmp/requirements.txt \
+      kserve pillow httpx pydantic pydantic-settings numpy \
+      av scenedetect-headless opencv-python-headless
+
+FROM python:3.11.11-slim-bookworm
+RUN useradd --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
+      --shell /usr/sbin/nologin app
+COPY --from=build /opt/venv /opt/venv
+WORKDIR /srv/commons-moderation
+COPY transformer/ transformer/
+# The transformer reads tensor names and batch limits from the model specs.
+COPY predictor/__init__.py predictor/specs.py predictor/
+# Bytecode is not written: the chart mounts the root filesystem read-only.
+ENV PATH=/opt/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+USER 10001:10001
+EXPOSE 8080
+ENTRYPOINT ["python", "-m", "transformer"]
