@@ -44,9 +44,14 @@ def transformer_command(http_port: int, triton: TritonPorts) -> list[str]:
     ]
 
 
+# What the transformer serves: each Triton model under its own name, and the video model
+# that scores frames with nsfw-detection.
+TRANSFORMER_MODELS: tuple[str, ...] = (*(spec.name for spec in SPECS), "nsfw-video-detection")
+
+
 def transformer_ready(http_port: int) -> bool:
-    for spec in SPECS:
-        url = f"http://127.0.0.1:{http_port}/v1/models/{spec.name}"
+    for name in TRANSFORMER_MODELS:
+        url = f"http://127.0.0.1:{http_port}/v1/models/{name}"
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status != 200:

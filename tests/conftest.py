@@ -18,9 +18,9 @@ import httpx
 import pytest
 
 from predictor.specs import SPECS
-from predictor.stack import transformer_command
+from predictor.stack import TRANSFORMER_MODELS, transformer_command
 from predictor.triton_server import TritonPorts, TritonProcess
-from tests import images
+from tests import images, videos
 from tests.fake_commons import FakeCommons
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,6 +59,12 @@ def commons_files() -> dict[str, bytes]:
         "Wide panorama.jpg": images.encode(images.photo(3000, 400, 9), "JPEG", quality=90),
         "Tiny icon.png": images.encode(images.photo(100, 80, 10), "PNG"),
         "Not really an image.jpg": b"<html>this is not an image</html>",
+        # Videos (mediatype VIDEO) and an animated GIF (BITMAP) for nsfw-video-detection.
+        "Skin clip.webm": videos.encode(videos.PHOTO_THEN_SKIN, codec=videos.VP8),
+        "Skin clip.mp4": videos.encode(videos.PHOTO_THEN_SKIN),
+        "Skin loop.gif": videos.animated(
+            [(image, round(seconds * 1000)) for image, seconds in videos.PHOTO_THEN_SKIN], "GIF"
+        ),
     }
     return files
 
@@ -107,7 +113,8 @@ def wait_transformer(url: str, process: subprocess.Popen, log: Path) -> None:
             pytest.fail(f"transformer exited ({process.returncode}):\n{log.read_text()[-3000:]}")
         try:
             if all(
-                httpx.get(f"{url}/v1/models/{s.name}", timeout=2).status_code == 200 for s in SPECS
+                httpx.get(f"{url}/v1/models/{name}", timeout=2).status_code == 200
+                for name in TRANSFORMER_MODELS
             ):
                 return
         except httpx.HTTPError:

@@ -43,6 +43,7 @@ MAX_TITLES = 50
 _NAMESPACE = re.compile(r"(?i)(?:file|image) ?: ?(.*)")
 _ILLEGAL = re.compile(r"[#<>\[\]|{}\x00-\x1f\x7f\ufffd]|%[0-9A-Fa-f]{2}")
 _THUMB_NAME = re.compile(r"(\d+)px-(.+)")
+_VIDEO_MAGIC = ((0, b"\x1a\x45\xdf\xa3", "video/webm"), (4, b"ftyp", "video/mp4"))
 _ERROR_PAGE = b"<!DOCTYPE html><html><body><h1>Error</h1><p>Our servers are busy.</p></body></html>"
 
 
@@ -385,11 +386,15 @@ def _file_title(name: str) -> str:
 
 
 def _describe(title: str, data: bytes, pageid: int) -> _File:
-    """What MediaWiki would know about an upload; bytes Pillow cannot read are UNKNOWN."""
+    """What MediaWiki would know about an upload: WebM and MP4 by their magic bytes are
+    VIDEO (served as originals only), other bytes Pillow cannot read are UNKNOWN."""
     try:
         with Image.open(io.BytesIO(data)) as img:
             fmt, (width, height) = img.format, img.size
     except UnidentifiedImageError:
+        mime = next((m for at, magic, m in _VIDEO_MAGIC if data[at : at + len(magic)] == magic), None)
+        if mime:
+            return _File(title, data, pageid, mime, "VIDEO", 0, 0, None)
         return _File(title, data, pageid, "application/octet-stream", "UNKNOWN", 0, 0, None)
     return _File(title, data, pageid, Image.MIME[fmt], "BITMAP", width, height, fmt)
 

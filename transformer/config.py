@@ -31,6 +31,16 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(25 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(50_000_000, ge=1)
 
+    # Videos (nsfw-video-detection). Decoding cost grows with duration × resolution, so both
+    # are bounded; the frame cap bounds inference cost (see transformer.video's policy).
+    max_video_bytes: int = Field(100 * 1024 * 1024, ge=1024)
+    max_video_duration_s: float = Field(600.0, gt=0)
+    max_video_pixels: int = Field(1920 * 1080, ge=1)
+    max_video_frames: int = Field(300, ge=2)
+    video_fetch_timeout_s: float = Field(60.0, gt=0)
+    # Videos decoded at once; each decode also runs FFmpeg's own threads.
+    video_workers: int = Field(1, ge=1, le=64)
+
     triton_timeout_s: float = Field(15.0, gt=0)
     # Pillow releases the GIL while decoding and resizing, so threads give real parallelism.
     decode_threads: int = Field(2, ge=1, le=64)

@@ -1,61 +1,104 @@
-"""Instances → image bytes: inline base64 as sent, or looked up and fetched from Commons."""
+"""Instances → media bytes: inline base64 as sent, or looked up and fetched from Commons."""
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 from transformer.commons import CommonsClient, CommonsFile, CommonsUnavailable
 from transformer.config import Settings
 from transformer.errors import ItemError
 from transformer.request import Instance
 
+
+@dataclass(frozen=True)
+class Wanted:
+    """Which Commons files a model can score, and which rendition of them it downloads."""
+
+    mediatypes: frozenset[str]
+    # Accepted whatever their mediatype: Commons files animated GIF/PNG/WebP as BITMAP.
+    mimes: frozenset[str] = frozenset()
+    # The original file rather than the thumbnail (a video's thumbnail is a still).
+    original: bool = False
+    noun: str = "an image"
+    refusal: str = "not_an_image"
+
+    def accepts(self, file: CommonsFile) -> bool:
+        return file.mediatype in self.mediatypes or file.mime in self.mimes
+
+
 # Commons media types whose thumbnails are still images the models can score.
-IMAGE_MEDIATYPES = frozenset({"BITMAP", "DRAWING"})
+IMAGES = Wanted(frozenset({"BITMAP", "DRAWING"}))
+VIDEOS = Wanted(
+    frozenset({"VIDEO"}),
+    frozenset({"image/gif", "image/png", "image/apng", "image/webp"}),
+    original=True,
+    noun="a video or an animated image",
+    refusal="not_a_video",
+)
+
+Source = bytes | CommonsFile | ItemError
 
 
-def commons_client(settings: Settings) -> CommonsClient:
+def commons_client(
+    settings: Settings, *, max_fetch_bytes: int | None = None, fetch_timeout_s: float | None = None
+) -> CommonsClient:
+    """The Commons client; the download limits default to the image ones."""
     return CommonsClient(
         settings.commons_api_url,
         user_agent=settings.commons_user_agent,
         upload_hosts=settings.commons_upload_hosts,
         api_timeout=settings.commons_api_timeout_s,
-        fetch_timeout=settings.commons_fetch_timeout_s,
-        max_fetch_bytes=settings.max_image_bytes,
+        fetch_timeout=fetch_timeout_s or settings.commons_fetch_timeout_s,
+        max_fetch_bytes=max_fetch_bytes or settings.max_image_bytes,
         retries=settings.commons_retries,
     )
 
 
-async def fetch_all(instances: list[Instance], commons: CommonsClient) -> list[bytes | ItemError]:
+async def fetch_all(
+    instances: list[Instance], commons: CommonsClient, wanted: Wanted = IMAGES
+) -> list[bytes | ItemError]:
     """One entry per instance, in order. A Commons outage fails only the looked-up items."""
-    results: list[bytes | ItemError | None] = [
-        inst.error if inst.error is not None else inst.data for inst in instances
-    ]
-    lookups = [i for i, inst in enumerate(instances) if results[i] is None]
-    if not lookups:
-        return results
-    try:
-        resolved = await commons.resolve([instances[i].filename for i in lookups])
-    except CommonsUnavailable as exc:
-        error = _outage(exc)
-        for i in lookups:
-            results[i] = error
-        return results
-    downloads = await asyncio.gather(*(_download(commons, r) for r in resolved))
-    for i, data in zip(lookups, downloads):
-        results[i] = data
-    return results
+    sources = await resolve_all(instances, commons)
+    return list(await asyncio.gather(*(download(commons, s, wanted) for s in sources)))
 
 
-async def _download(commons: CommonsClient, resolved: CommonsFile | ItemError) -> bytes | ItemError:
-    if isinstance(resolved, ItemError):
-        return resolved
-    if resolved.mediatype not in IMAGE_MEDIATYPES:
+async def resolve_all(instances: list[Instance], commons: CommonsClient) -> list[Source]:
+    """Inline bytes, the Commons file to download, or the error; one per instance, in order.
+
+    All names are looked up together (one API call per 50), nothing is downloaded yet.
+    """
+    lookups = {
+        i: inst.filename
+        for i, inst in enumerate(instances)
+        if inst.filename and inst.error is None and inst.data is None
+    }
+    files: list[Source] = []
+    if lookups:
+        try:
+            files = list(await commons.resolve(list(lookups.values())))
+        except CommonsUnavailable as exc:
+            files = [_outage(exc)] * len(lookups)
+    found = dict(zip(lookups, files, strict=True))
+    return [found[i] if i in found else _given(inst) for i, inst in enumerate(instances)]
+
+
+def _given(instance: Instance) -> Source:
+    """What an instance that needs no lookup brought: its error, else its bytes."""
+    return instance.error if instance.error is not None else instance.data or b""
+
+
+async def download(commons: CommonsClient, source: Source, wanted: Wanted) -> bytes | ItemError:
+    """The bytes of one resolved source: inline bytes and errors as they are."""
+    if not isinstance(source, CommonsFile):
+        return source
+    if not wanted.accepts(source):
         return ItemError(
-            "not_an_image",
-            f"{resolved.title} is {resolved.mediatype} ({resolved.mime}), not an image",
+            wanted.refusal,
+            f"{source.title} is {source.mediatype} ({source.mime}), not {wanted.noun}",
         )
     try:
-        return await commons.fetch(resolved)
+        return await commons.fetch(source, original=wanted.original)
     except CommonsUnavailable as exc:
         return _outage(exc)
 

@@ -1,0 +1,392 @@
+"""nsfw-video-detection over HTTP on the real Triton and the fake Commons (issue 4), plus
+the pure parts: the sampling policy and the report's segments.
+
+Single-image scores come from ``nsfw-detection`` on PNGs (lossless) of the very frames a
+video is made of, so "the video's score is the max of its frames' scores" is checked
+against the service's own image path.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+import subprocess
+import sys
+from itertools import pairwise
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image, ImageSequence
+
+from tests import images, videos
+from transformer.video import sampling_interval
+from transformer.video_report import FrameScore, segments
+
+VIDEO = "/v1/models/nsfw-video-detection:predict"
+NSFW = "/v1/models/nsfw-detection:predict"
+SIZE = (320, 240)
+PHOTO = images.photo(*SIZE, 22)  # open_nsfw ≈ 0.001
+MID = videos.skin(*SIZE, 13)  # ≈ 0.25
+HIGH = videos.skin(*SIZE, 4)  # ≈ 0.43
+MAX_FRAMES = 300  # the MAX_VIDEO_FRAMES default the test transformer runs with
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def image_scores(client: httpx.Client, frames: list[Image.Image]) -> list[float]:
+    instances = [{"image": b64(images.encode(frame, "PNG"))} for frame in frames]
+    response = client.post(NSFW, json={"instances": instances})
+    assert response.status_code == 200, response.text
+    return [p["prediction"] for p in response.json()["predictions"]]
+
+
+def score_video(client: httpx.Client, data: bytes, **options: object) -> dict:
+    response = client.post(VIDEO, json={"instances": [{"video": b64(data), **options}]})
+    assert response.status_code == 200, response.text
+    (prediction,) = response.json()["predictions"]
+    return prediction
+
+
+def video_error(client: httpx.Client, data: bytes) -> dict:
+    response = client.post(VIDEO, json={"instances": [{"filename": "x.webm", "video": b64(data)}]})
+    assert response.status_code == 400, response.text
+    body = response.json()
+    error = body["predictions"][0]["error"]
+    assert body["error"] == error["message"]
+    return error
+
+
+def assert_covers_duration(prediction: dict) -> None:
+    spans = prediction["segments"]
+    assert spans[0]["start_s"] == 0.0
+    assert spans[-1]["end_s"] == prediction["duration_s"]
+    assert all(a["end_s"] == b["start_s"] for a, b in pairwise(spans))
+    assert all(s["start_s"] < s["end_s"] for s in spans)
+
+
+@pytest.fixture(scope="module")
+def scores(transformer_url: str) -> dict[str, float]:
+    with httpx.Client(base_url=transformer_url, timeout=60) as client:
+        photo, mid, high = image_scores(client, [PHOTO, MID, HIGH])
+    # The fixtures must differ clearly for thresholds between them to mean something.
+    assert photo < 0.05 < mid - 0.1 < high - 0.2
+    return {"photo": photo, "mid": mid, "high": high}
+
+
+def test_readiness(client: httpx.Client) -> None:
+    response = client.get("/v1/models/nsfw-video-detection")
+    assert response.status_code == 200
+    assert response.json() == {"name": "nsfw-video-detection", "ready": True}
+
+
+def test_prediction_is_the_max_of_the_frame_scores(
+    client: httpx.Client, scores: dict[str, float]
+) -> None:
+    data = videos.encode([(PHOTO, 3), (MID, 3), (HIGH, 2), (PHOTO, 3)], codec=videos.LOSSLESS)
+    threshold = (scores["mid"] + scores["high"]) / 2
+    prediction = score_video(client, data, threshold=threshold, target="nsfw")
+
+    assert prediction["prediction"] == pytest.approx(max(scores.values()), abs=0.02)
+    assert prediction["out_of_domain"] == pytest.approx(1 - prediction["prediction"])
+    assert prediction["target"] == "nsfw"
+    assert prediction["duration_s"] == 11.0
+    # 11 s: one frame a second, and the cuts at 3, 6 and 8 s fall on those frames.
+    assert prediction["frames_scored"] == 11
+    assert prediction["nsfw_fraction"] == pytest.approx(2 / 11)
+    assert prediction["first_flagged_s"] == 6.0
+    assert prediction["early_exit"] is False
+    assert_covers_duration(prediction)
+    spans = [(s["start_s"], s["end_s"]) for s in prediction["segments"]]
+    assert spans == [(0.0, 3.0), (3.0, 6.0), (6.0, 8.0), (8.0, 11.0)]
+    expected = [scores["photo"], scores["mid"], scores["high"], scores["photo"]]
+    for segment, score in zip(prediction["segments"], expected, strict=True):
+        assert segment["score"] == pytest.approx(score, abs=0.02)
+
+
+def test_lossy_video_scores_are_those_of_its_decoded_frames(client: httpx.Client) -> None:
+    data = videos.encode([(PHOTO, 3), (MID, 3), (HIGH, 2), (PHOTO, 3)], codec=videos.H264)
+    prediction = score_video(client, data)
+    # The frames used: one a second (the cuts fall on them), as the service decodes them.
+    used = image_scores(client, videos.frames_at(data, [float(t) for t in range(11)]))
+    assert prediction["frames_scored"] == len(used)
+    assert prediction["prediction"] == pytest.approx(max(used), abs=0.02)
+    for segment in prediction["segments"]:
+        inside = used[round(segment["start_s"]) : round(segment["end_s"])]
+        assert segment["score"] == pytest.approx(max(inside), abs=0.02)
+
+
+def test_inserted_one_second_scene_is_found(client: httpx.Client, scores: dict[str, float]) -> None:
+    fps, duration = 5, 141.0
+    interval = sampling_interval(duration, MAX_FRAMES)
+    # Put the insert strictly between two regular samples, on a frame boundary.
+    grid = math.ceil(70 / interval) * interval
+    start = math.ceil((grid + 0.01) * fps) / fps
+    assert start + 1 < grid + interval, "the regular samples alone would see the insert"
+    scenes = [(PHOTO, start), (HIGH, 1.0), (PHOTO, duration - start - 1)]
+    data = videos.encode(scenes, fps=fps, codec=videos.LOSSLESS)
+    threshold = (scores["photo"] + scores["high"]) / 2
+    prediction = score_video(client, data, threshold=threshold)
+
+    assert prediction["duration_s"] == duration
+    assert prediction["first_flagged_s"] == pytest.approx(start)
+    assert prediction["prediction"] == pytest.approx(scores["high"], abs=0.02)
+    assert prediction["frames_scored"] == math.ceil(duration / interval) + 2
+    assert_covers_duration(prediction)
+    flagged = [s for s in prediction["segments"] if s["score"] >= threshold]
+    assert [(s["start_s"], s["end_s"]) for s in flagged] == [
+        (pytest.approx(start), pytest.approx(start + 1))
+    ]
+
+
+def test_early_exit_stops_at_the_first_flagged_frame(
+    client: httpx.Client, scores: dict[str, float]
+) -> None:
+    data = videos.encode([(PHOTO, 2), (HIGH, 2), (PHOTO, 36)])
+    threshold = (scores["photo"] + scores["high"]) / 2
+    full = score_video(client, data, threshold=threshold)
+    early = score_video(client, data, threshold=threshold, early_exit=True)
+
+    assert full["frames_scored"] == 40
+    assert full["early_exit"] is False
+    assert full["nsfw_fraction"] == pytest.approx(2 / 40)
+    assert early["frames_scored"] == 3  # 0 s, 1 s and the flagged 2 s
+    assert early["early_exit"] is True
+    assert early["nsfw_fraction"] == pytest.approx(1 / 3)
+    for prediction in (full, early):
+        assert prediction["first_flagged_s"] == 2.0
+        assert prediction["prediction"] >= threshold
+        assert_covers_duration(prediction)
+    assert early["segments"][-1] == {"start_s": 2.0, "end_s": 40.0, "score": early["prediction"]}
+
+
+@pytest.mark.parametrize("codec", [videos.H264, videos.VP8, videos.OGG_VP8, videos.LOSSLESS])
+def test_every_container_and_codec_scores_alike(
+    client: httpx.Client, scores: dict[str, float], codec: tuple
+) -> None:
+    threshold = (scores["photo"] + scores["high"]) / 2
+    prediction = score_video(
+        client, videos.encode(videos.PHOTO_THEN_SKIN, codec=codec), threshold=threshold
+    )
+    assert (prediction["duration_s"], prediction["frames_scored"]) == (4.0, 10)
+    assert prediction["first_flagged_s"] == 2.0
+    assert prediction["nsfw_fraction"] == pytest.approx(0.5)
+
+
+def test_request_level_options_apply_to_every_instance(
+    client: httpx.Client, scores: dict[str, float]
+) -> None:
+    data = b64(videos.encode([(PHOTO, 2), (HIGH, 2), (PHOTO, 6)]))
+    threshold = (scores["photo"] + scores["high"]) / 2
+    body = {
+        "instances": [{"video": data}, {"video": data, "early_exit": False}],
+        "threshold": threshold,
+        "early_exit": True,
+    }
+    response = client.post(VIDEO, json=body)
+    assert response.status_code == 200, response.text
+    first, second = response.json()["predictions"]
+    assert (first["early_exit"], first["frames_scored"]) == (True, 3)
+    assert (second["early_exit"], second["frames_scored"]) == (False, 10)
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "PNG", "WEBP"])
+def test_animated_images_are_videos(client: httpx.Client, fmt: str) -> None:
+    frames = [(PHOTO, 1000), (HIGH, 1000), (PHOTO, 1000)]
+    if fmt == "GIF":
+        frames = [(image.quantize(64).convert("RGB"), ms) for image, ms in frames]
+    data = videos.animated(frames, fmt)
+    prediction = score_video(client, data)
+    # The frames as Pillow decodes them (GIF palettes, lossy WebP), as still images.
+    decoded = [f.convert("RGB") for f in ImageSequence.Iterator(Image.open(io.BytesIO(data)))]
+    assert prediction["duration_s"] == 3.0
+    assert prediction["frames_scored"] == 3  # samples every 0.3 s, but only 3 frames exist
+    assert prediction["prediction"] == pytest.approx(max(image_scores(client, decoded)), abs=1e-3)
+    assert_covers_duration(prediction)
+
+
+def test_display_rotation_is_applied(client: httpx.Client) -> None:
+    upright = images.photo(240, 320, 23)
+    stored = upright.rotate(90, expand=True)
+    video = videos.displayed_clockwise(videos.encode([(stored, 1.0)], codec=videos.LOSSLESS))
+    prediction = score_video(client, video)
+    expected, unturned = image_scores(client, [upright, stored])
+    assert abs(expected - unturned) > 1e-3, "the fixture must tell the orientations apart"
+    assert prediction["prediction"] == pytest.approx(expected, abs=1e-4)
+
+
+def test_commons_lookup_fetches_original_videos(
+    client: httpx.Client, fake_commons, scores: dict[str, float]
+) -> None:
+    names = [
+        "Skin clip.webm",
+        "File:Skin_clip.mp4",
+        "skin loop.gif",
+        "Portrait photo.jpg",
+        "Kanion Co.png",
+    ]
+    threshold = (scores["photo"] + scores["high"]) / 2
+    body = {"instances": [{"filename": n} for n in names], "threshold": threshold}
+    response = client.post(VIDEO, json=body)
+    assert response.status_code == 200, response.text
+    webm, mp4, gif, jpeg, png = response.json()["predictions"]
+    for prediction, name in ((webm, names[0]), (mp4, names[1]), (gif, names[2])):
+        assert prediction["filename"] == name
+        assert prediction["duration_s"] == 4.0
+        assert prediction["first_flagged_s"] == 2.0
+    assert jpeg["error"]["code"] == "not_a_video"
+    assert "BITMAP (image/jpeg), not a video" in jpeg["error"]["message"]
+    assert png["error"]["code"] == "not_a_video"
+    assert "still PNG" in png["error"]["message"]
+    fetched = {r.path for r in fake_commons.file_requests}
+    assert {"/original/Skin_clip.webm", "/original/Skin_clip.mp4"} <= fetched
+
+
+def _truncated(data: bytes) -> bytes:
+    return data[: len(data) * 6 // 10]
+
+
+CLIP = [(PHOTO, 2), (HIGH, 2)]
+BROKEN = {
+    "random bytes": (lambda: b"\x00\x01garbage" * 400, "unsupported_video", "not a WebM"),
+    "MP4 header, garbage body": (
+        lambda: videos.encode(CLIP)[:32] + b"\x00garbage" * 400,
+        "corrupt_video",
+        "MP4/QuickTime container cannot be read",
+    ),
+    "MP4 cut before its index": (
+        lambda: _truncated(videos.encode(CLIP)),
+        "corrupt_video",
+        "corrupt or truncated",
+    ),
+    "fragmented MP4 cut short": (
+        lambda: _truncated(
+            videos.encode(CLIP, container_options={"movflags": "frag_keyframe+empty_moov"})
+        ),
+        "truncated_video",
+        "of its declared 4.0 s",
+    ),
+    "WebM cut short": (
+        lambda: _truncated(videos.encode(CLIP, codec=videos.VP8)),
+        "truncated_video",
+        "truncated",
+    ),
+    "GIF cut short": (
+        lambda: _truncated(videos.animated([(PHOTO, 500), (HIGH, 500)], "GIF")),
+        "truncated_video",
+        "GIF file ends early",
+    ),
+    "still image": (lambda: images.encode(PHOTO, "PNG"), "not_a_video", "still PNG"),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN))
+def test_corrupt_truncated_and_unsupported_input_is_a_clear_error(
+    client: httpx.Client, case: str
+) -> None:
+    make, code, words = BROKEN[case]
+    error = video_error(client, make())
+    assert error["code"] == code
+    assert words in error["message"]
+
+
+def test_bad_items_do_not_spoil_good_ones(client: httpx.Client) -> None:
+    good = b64(videos.encode(CLIP))
+    instances = [{"video": good}, {"video": b64(b"not a video at all")}, {"video": ""}]
+    response = client.post(VIDEO, json={"instances": instances})
+    assert response.status_code == 200, response.text
+    scored, garbage, empty = response.json()["predictions"]
+    assert scored["frames_scored"] == 10
+    assert garbage["error"]["code"] == "unsupported_video"
+    assert empty["error"]["code"] == "empty_video"
+
+
+def test_invalid_options(client: httpx.Client) -> None:
+    data = b64(videos.encode(CLIP))
+    response = client.post(VIDEO, json={"instances": [{"video": data, "threshold": 1.5}]})
+    assert response.status_code == 400
+    assert response.json()["predictions"][0]["error"] == {
+        "code": "invalid_instance",
+        "message": "instances[0]: threshold must be a number in (0, 1]",
+    }
+    response = client.post(VIDEO, json={"instances": [{"video": data}], "early_exit": "yes"})
+    assert response.status_code == 400
+    assert "early_exit must be true or false" in response.text
+
+
+def test_resolution_limit(client: httpx.Client) -> None:
+    error = video_error(client, videos.encode([(Image.new("RGB", (2000, 1200)), 0.1)]))
+    assert error["code"] == "video_too_large"
+    assert "2000x1200" in error["message"]
+
+
+def test_cli_scores_like_the_service(client: httpx.Client, tmp_path: Path) -> None:
+    data = videos.encode([(PHOTO, 2), (MID, 2), (HIGH, 2)], codec=videos.VP8)
+    path = tmp_path / "clip.webm"
+    path.write_bytes(data)
+    run = subprocess.run(
+        [sys.executable, "-m", "transformer.video_cli", str(path), "--threshold", "0.3"],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr.decode()[-2000:]
+    local = json.loads(run.stdout)
+    served = score_video(client, data, threshold=0.3)
+    assert local["filename"] == "clip.webm"
+    assert local["frames_scored"] == served["frames_scored"]
+    assert local["prediction"] == pytest.approx(served["prediction"], abs=1e-4)
+    assert [s["start_s"] for s in local["segments"]] == [s["start_s"] for s in served["segments"]]
+
+    path.write_bytes(data[:100])
+    run = subprocess.run(
+        [sys.executable, "-m", "transformer.video_cli", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=120,
+    )
+    assert run.returncode == 1
+    assert json.loads(run.stdout)["error"]["code"] == "corrupt_video"
+
+
+# --- the pure parts --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("duration", "interval"),
+    [(3.0, 0.3), (10.0, 1.0), (30.0, 1.0), (60.0, 1.0), (330.0, 3.0), (600.0, 5.0), (700.0, 5.0)],
+)
+def test_sampling_interval_follows_the_documented_policy(duration: float, interval: float) -> None:
+    assert sampling_interval(duration, MAX_FRAMES) == pytest.approx(interval)
+
+
+def test_sampling_caps_the_regular_frames() -> None:
+    def regular(duration: float) -> int:
+        return math.ceil(duration / sampling_interval(duration, MAX_FRAMES) - 1e-9)
+
+    assert [regular(d) for d in (750.0, 3600.0, 36000.0)] == [MAX_FRAMES // 2] * 3
+    counts = [regular(d) for d in range(1, 2000, 7)]
+    assert counts == sorted(counts), "longer videos never get fewer frames"
+
+
+def test_segments_split_at_cuts_and_threshold_crossings() -> None:
+    frames = [
+        FrameScore(0.0, False, 0.1),
+        FrameScore(1.0, False, 0.2),
+        FrameScore(2.0, False, 0.9),  # crosses 0.5: a new segment
+        FrameScore(3.0, False, 0.95),
+        FrameScore(4.0, True, 0.97),  # a cut: a new segment
+        FrameScore(5.0, False, 0.3),
+        FrameScore(5.0, True, 0.4),  # same time as its predecessor: joins it
+    ]
+    assert [(s.start_s, s.end_s, s.score) for s in segments(frames, 6.5, 0.5)] == [
+        (0.0, 2.0, 0.2),
+        (2.0, 4.0, 0.95),
+        (4.0, 5.0, 0.97),
+        (5.0, 6.5, 0.4),
+    ]

@@ -1,0 +1,110 @@
+"""Deterministic test videos, made with PyAV from still images.
+
+``skin`` images are warm, blurred blobs that open_nsfw scores far above ``tests.images``
+photos (about 0.4 against 0.001), so a video of both has frames on either side of a
+threshold in between.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from collections.abc import Sequence
+
+import av
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from tests import images
+
+# An H.264 encode that keeps the frames' pixels exactly (RGB, lossless): the frames a
+# video is made of are then exactly the frames the service decodes.
+LOSSLESS = ("mp4", "libx264rgb", "rgb24", {"crf": "0", "preset": "ultrafast"})
+H264 = ("mp4", "libx264", "yuv420p", {"crf": "20", "preset": "ultrafast"})
+VP8 = ("webm", "libvpx", "yuv420p", {"crf": "10", "b": "2M", "deadline": "realtime"})
+# Ogg as Commons has it carries Theora, which this FFmpeg build only decodes; VP8 in Ogg
+# exercises the same demuxer.
+OGG_VP8 = ("ogg", "libvpx", "yuv420p", {"crf": "10", "b": "2M", "deadline": "realtime"})
+
+
+def skin(width: int, height: int, seed: int) -> Image.Image:
+    """Overlapping skin-toned ellipses on a plain background, blurred."""
+    rng = np.random.default_rng(seed)
+    tone = rng.integers((180, 110, 80), (256, 190, 160))
+    img = Image.new("RGB", (width, height), tuple(int(c) for c in rng.integers(0, 256, 3)))
+    draw = ImageDraw.Draw(img)
+    for _ in range(int(rng.integers(1, 5))):
+        x0, y0 = rng.integers(-width // 3, width), rng.integers(-height // 3, height)
+        x1 = x0 + rng.integers(width // 4, width)
+        y1 = y0 + rng.integers(height // 3, height + height // 2)
+        shade = np.clip(tone + rng.integers(-30, 30, 3), 0, 255)
+        draw.ellipse((int(x0), int(y0), int(x1), int(y1)), fill=tuple(int(c) for c in shade))
+    return img.filter(ImageFilter.GaussianBlur(width / 64))
+
+
+# Two seconds of a photo (open_nsfw ≈ 0.001), then two of skin (≈ 0.4): what the fake
+# Commons serves as videos.
+PHOTO_THEN_SKIN: list[tuple[Image.Image, float]] = [
+    (images.photo(320, 240, 22), 2.0),
+    (skin(320, 240, 4), 2.0),
+]
+
+
+def encode(
+    scenes: Sequence[tuple[Image.Image, float]],
+    *,
+    fps: int = 10,
+    codec: tuple[str, str, str, dict[str, str]] = H264,
+    container_options: dict[str, str] | None = None,
+) -> bytes:
+    """A video showing each ``(image, seconds)`` in turn, all images the same size."""
+    fmt, name, pix_fmt, options = codec
+    width, height = scenes[0][0].size
+    out = io.BytesIO()
+    with av.open(out, "w", format=fmt, options=container_options or {}) as container:
+        stream = container.add_stream(name, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        stream.options = dict(options)
+        index = 0
+        for image, seconds in scenes:
+            frame = av.VideoFrame.from_image(image)
+            for _ in range(round(seconds * fps)):
+                frame.pts = index
+                container.mux(stream.encode(frame))
+                index += 1
+        container.mux(stream.encode(None))
+    return out.getvalue()
+
+
+def animated(frames: Sequence[tuple[Image.Image, int]], fmt: str) -> bytes:
+    """An animated GIF/PNG/WebP of ``(image, milliseconds)`` frames."""
+    out = io.BytesIO()
+    images = [image for image, _ in frames]
+    images[0].save(
+        out,
+        format=fmt,
+        save_all=True,
+        append_images=images[1:],
+        duration=[ms for _, ms in frames],
+        loop=0,
+    )
+    return out.getvalue()
+
+
+def frames_at(data: bytes, times: Sequence[float]) -> list[Image.Image]:
+    """The decoded frames shown at ``times`` (seconds from the first frame), as RGB."""
+    decoded = [
+        (float(frame.time), frame.to_image()) for frame in av.open(io.BytesIO(data)).decode(video=0)
+    ]
+    start = decoded[0][0]
+    return [
+        next(img for t, img in reversed(decoded) if t - start <= wanted + 1e-6) for wanted in times
+    ]
+
+
+def displayed_clockwise(mp4: bytes) -> bytes:
+    """``mp4`` with its track header telling players to turn it 90° clockwise, as phones
+    store portrait video: the 3×3 matrix 48 bytes into the (version 0) ``tkhd`` box."""
+    at = mp4.index(b"tkhd") - 4 + 48
+    matrix = struct.pack(">9i", 0, 0x10000, 0, -0x10000, 0, 0, 0, 0, 0x40000000)
+    return mp4[:at] + matrix + mp4[at + len(matrix) :]

@@ -1,0 +1,187 @@
+"""``nsfw-video-detection``: videos and animated images → NSFW scores over time.
+
+KServe calls ``preprocess`` (parse the request, look the names up on Commons), ``predict``
+(per video: download, then `video_scoring.score_video`, whose decoding and Triton calls
+overlap, so they are one stage) and ``postprocess`` (the response, per-item errors).
+
+Videos are heavy, so at most ``VIDEO_WORKERS`` are downloaded and decoded at once, across
+requests, in their own thread pool: a long video never starves the image models' pool,
+and memory stays bounded by ``VIDEO_WORKERS × MAX_VIDEO_BYTES`` plus inline request bodies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import kserve
+import numpy as np
+import orjson
+from kserve.errors import InvalidInput
+
+from predictor.specs import NSFW
+from transformer.commons import CommonsClient
+from transformer.config import Settings
+from transformer.errors import ItemError, RequestRejected, UpstreamError
+from transformer.model import ITEM_ERRORS
+from transformer.request import Instance, parse_request
+from transformer.scoring import score
+from transformer.sources import VIDEOS, Source, download, resolve_all
+from transformer.video import VideoError, VideoLimits
+from transformer.video_report import VideoReport
+from transformer.video_scoring import ScoringOptions, score_video
+
+NAME = "nsfw-video-detection"
+TARGET = "nsfw"
+# request.py's base64 checks name images; for this model the same problems are videos'.
+_RENAMED_CODES = {"image_too_large": "video_too_large", "empty_image": "empty_video"}
+
+
+@dataclass
+class VideoBatch:
+    """One request in flight: per instance its options, then its source, then its result."""
+
+    instances: list[Instance]
+    options: list[ScoringOptions | ItemError]
+    sources: list[Source]
+    results: list[VideoReport | ItemError] | None = None
+
+
+class VideoModel(kserve.Model):
+    # The Triton model this one scores with; readiness is that model's (transformer.readiness).
+    triton_model = NSFW.name
+
+    def __init__(self, settings: Settings, commons: CommonsClient, executor: Executor) -> None:
+        super().__init__(NAME)
+        self.settings = settings
+        self.commons = commons
+        self.executor = executor
+        self.limits = VideoLimits(
+            max_duration_s=settings.max_video_duration_s,
+            max_pixels=settings.max_video_pixels,
+            max_frames=settings.max_video_frames,
+        )
+        self._slots = asyncio.Semaphore(settings.video_workers)
+
+    def load(self) -> bool:
+        self.ready = True
+        return self.ready
+
+    async def preprocess(self, payload: dict | bytes, headers: dict | None = None) -> VideoBatch:
+        if isinstance(payload, (bytes, bytearray)):
+            try:
+                payload = orjson.loads(payload)
+            except orjson.JSONDecodeError:
+                pass  # parse_request names the problem
+        instances = parse_request(
+            payload,
+            max_instances=self.settings.max_instances,
+            max_bytes=self.settings.max_video_bytes,
+            media_key="video",
+        )
+        assert isinstance(payload, dict)  # parse_request accepted it
+        defaults = _options(payload, ScoringOptions(), "the request")
+        if isinstance(defaults, ItemError):
+            raise InvalidInput(defaults.message)
+        options = [
+            _options(raw, defaults, f"instances[{i}]") if isinstance(raw, dict) else defaults
+            for i, raw in enumerate(payload["instances"])
+        ]
+        instances = [_renamed(inst) for inst in instances]
+        return VideoBatch(instances, options, await resolve_all(instances, self.commons))
+
+    async def predict(self, batch: VideoBatch, headers: dict | None = None) -> VideoBatch:
+        batch.results = list(
+            await asyncio.gather(
+                *(self._score(s, o) for s, o in zip(batch.sources, batch.options, strict=True))
+            )
+        )
+        return batch
+
+    async def postprocess(self, batch: VideoBatch, headers: dict | None = None) -> dict:
+        results = batch.results or []
+        predictions = [
+            self._prediction(i, r) for i, r in zip(batch.instances, results, strict=True)
+        ]
+        errors = [r for r in results if isinstance(r, ItemError)]
+        for error in errors:
+            ITEM_ERRORS.labels(model=self.name, code=error.code).inc()
+        if errors and len(errors) == len(results):
+            upstream = [e for e in errors if e.upstream]
+            if upstream:
+                raise UpstreamError(upstream[0].status, upstream[0].message, predictions)
+            summary = (
+                errors[0].message
+                if len(errors) == 1
+                else (
+                    f"none of the {len(errors)} instances could be scored; see predictions[].error"
+                )
+            )
+            raise RequestRejected(summary, predictions)
+        return {"predictions": predictions}
+
+    async def _score(
+        self, source: Source, options: ScoringOptions | ItemError
+    ) -> VideoReport | ItemError:
+        if isinstance(source, ItemError):
+            return source
+        if isinstance(options, ItemError):
+            return options
+        async with self._slots:
+            data = await download(self.commons, source, VIDEOS)
+            if isinstance(data, ItemError):
+                return data
+            try:
+                scored = await score_video(
+                    data,
+                    limits=self.limits,
+                    options=options,
+                    scorer=self._triton,
+                    executor=self.executor,
+                    max_chunk=NSFW.max_batch_size,
+                )
+            except VideoError as exc:
+                return ItemError(exc.code, exc.message)
+        return scored.report
+
+    async def _triton(self, batch: np.ndarray) -> np.ndarray:
+        scores = await score(self._grpc_client, NSFW, batch, self.settings.triton_timeout_s)
+        return scores[:, NSFW.labels.index("nsfw")]
+
+    def _prediction(self, instance: Instance, result: VideoReport | ItemError) -> dict:
+        if isinstance(result, ItemError):
+            return {"filename": instance.filename, "error": result.as_dict()}
+        return {
+            "filename": instance.filename,
+            "target": instance.target or TARGET,
+            **result.as_dict(),
+        }
+
+
+def _options(raw: dict, defaults: ScoringOptions, where: str) -> ScoringOptions | ItemError:
+    """``threshold`` and ``early_exit`` from ``raw``, falling back to ``defaults``."""
+    threshold = raw.get("threshold", defaults.threshold)
+    early_exit = raw.get("early_exit", defaults.early_exit)
+    if (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, (int, float))
+        or not math.isfinite(threshold)
+        or not 0 < threshold <= 1
+    ):
+        return ItemError("invalid_instance", f"{where}: threshold must be a number in (0, 1]")
+    if not isinstance(early_exit, bool):
+        return ItemError("invalid_instance", f"{where}: early_exit must be true or false")
+    return ScoringOptions(float(threshold), early_exit)
+
+
+def _renamed(instance: Instance) -> Instance:
+    error = instance.error
+    if error is None or error.code not in _RENAMED_CODES:
+        return instance
+    return Instance(
+        instance.filename,
+        instance.target,
+        error=ItemError(_RENAMED_CODES[error.code], error.message, error.status),
+    )
