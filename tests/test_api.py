@@ -45,6 +45,15 @@ def test_lift_wing_request_shape(client: httpx.Client, jpeg: bytes) -> None:
     assert_scored(prediction, "Kanion_Co.png", "logo")
 
 
+def test_model_version_is_echoed_in_a_header(client: httpx.Client, jpeg: bytes) -> None:
+    from tests.conftest import MODEL_REPOSITORY
+
+    served = {d.name for d in (MODEL_REPOSITORY / "logo-detection").iterdir() if d.is_dir()}
+    response = client.post(LOGO, json={"instances": [{"image": b64(jpeg)}]})
+    assert response.status_code == 200, response.text
+    assert response.headers["x-model-version"] in served
+
+
 def test_nsfw_target_defaults_to_nsfw(client: httpx.Client, jpeg: bytes) -> None:
     response = client.post(NSFW, json={"instances": [{"image": b64(jpeg)}]})
     assert response.status_code == 200, response.text

@@ -15,21 +15,17 @@ from dataclasses import dataclass, field
 import kserve
 import numpy as np
 from PIL import Image
-from prometheus_client import Counter
 
 from predictor.specs import LOGO, NSFW, ModelSpec
 from transformer import tensor
 from transformer.commons import CommonsClient
 from transformer.config import Settings
 from transformer.decode import DecodeError, decode_image
-from transformer.errors import ItemError, RequestRejected, UpstreamError
+from transformer.errors import ItemError
 from transformer.request import Instance, parse_request
+from transformer.responses import MODEL_VERSION_HEADER, error_prediction, respond
 from transformer.scoring import score
 from transformer.sources import fetch_all
-
-ITEM_ERRORS = Counter(
-    "transformer_item_errors", "Instances that could not be scored", ["model", "code"]
-)
 
 
 @dataclass(frozen=True)
@@ -71,7 +67,7 @@ class ImageModel(kserve.Model):
         commons: CommonsClient,
         executor: Executor,
     ) -> None:
-        super().__init__(pipeline.spec.name)
+        super().__init__(pipeline.spec.name, return_response_headers=True)
         self.pipeline = pipeline
         self.settings = settings
         self.commons = commons
@@ -98,7 +94,9 @@ class ImageModel(kserve.Model):
             self.executor, prepare, source, self.pipeline, self.settings.max_image_pixels
         )
 
-    async def predict(self, batch: Batch, headers: dict | None = None) -> Batch:
+    async def predict(
+        self, batch: Batch, headers: dict | None = None, response_headers: dict | None = None
+    ) -> Batch:
         ready = [i for i, r in enumerate(batch.results) if isinstance(r, np.ndarray)]
         if not ready:
             return batch
@@ -106,28 +104,21 @@ class ImageModel(kserve.Model):
         scores = await score(
             self._grpc_client, self.pipeline.spec, stacked, self.settings.triton_timeout_s
         )
-        for i, row in zip(ready, scores):
+        for i, row in zip(ready, scores.values):
             batch.results[i] = row
+        if response_headers is not None and scores.model_version:
+            response_headers[MODEL_VERSION_HEADER] = scores.model_version
         return batch
 
-    async def postprocess(self, batch: Batch, headers: dict | None = None) -> dict:
-        predictions = [self._prediction(inst, res) for inst, res in zip(batch.instances, batch.results)]
-        errors = [r for r in batch.results if isinstance(r, ItemError)]
-        for error in errors:
-            ITEM_ERRORS.labels(model=self.name, code=error.code).inc()
-        if errors and len(errors) == len(batch.results):
-            upstream = [e for e in errors if e.upstream]
-            if upstream:
-                raise UpstreamError(upstream[0].status, upstream[0].message, predictions)
-            summary = errors[0].message if len(errors) == 1 else (
-                f"none of the {len(errors)} instances could be scored; see predictions[].error"
-            )
-            raise RequestRejected(summary, predictions)
-        return {"predictions": predictions}
+    async def postprocess(
+        self, batch: Batch, headers: dict | None = None, response_headers: dict | None = None
+    ) -> dict:
+        predictions = [self._prediction(i, r) for i, r in zip(batch.instances, batch.results)]
+        return respond(self.name, predictions, batch.results)
 
     def _prediction(self, instance: Instance, result: np.ndarray | ItemError) -> dict:
         if isinstance(result, ItemError):
-            return {"filename": instance.filename, "error": result.as_dict()}
+            return error_prediction(instance.filename, result)
         return {
             "filename": instance.filename,
             "target": instance.target or self.pipeline.target,

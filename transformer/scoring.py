@@ -7,6 +7,7 @@ them with other requests' chunks into full model batches.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from http import HTTPStatus
 
 import grpc
@@ -24,21 +25,30 @@ _STATUS_BY_CODE = {
 }
 
 
+@dataclass(frozen=True)
+class Scores:
+    """``values``: ``[N, len(labels)]``; ``model_version``: the version(s) Triton used."""
+
+    values: np.ndarray
+    model_version: str
+
+
 async def score(
     client: InferenceGRPCClient, spec: ModelSpec, batch: np.ndarray, timeout_s: float
-) -> np.ndarray:
-    """Return ``spec.output_name`` for ``batch`` (uint8 NHWC), shape ``[N, len(labels)]``."""
+) -> Scores:
+    """Score ``batch`` (uint8 NHWC) with ``spec``'s Triton model."""
     chunks = [
         batch[start : start + spec.max_batch_size]
         for start in range(0, len(batch), spec.max_batch_size)
     ]
     results = await asyncio.gather(*(_infer(client, spec, c, timeout_s) for c in chunks))
-    return np.concatenate(results)
+    versions = sorted({version for _, version in results})
+    return Scores(np.concatenate([values for values, _ in results]), ",".join(versions))
 
 
 async def _infer(
     client: InferenceGRPCClient, spec: ModelSpec, chunk: np.ndarray, timeout_s: float
-) -> np.ndarray:
+) -> tuple[np.ndarray, str]:
     tensor = InferInput(spec.input_name, list(chunk.shape), "UINT8")
     tensor.set_data_from_numpy(np.ascontiguousarray(chunk), binary_data=True)
     request = InferRequest(model_name=spec.name, infer_inputs=[tensor])
@@ -60,4 +70,4 @@ async def _infer(
             HTTPStatus.BAD_GATEWAY,
             f"Triton model {spec.name!r} returned shape {scores.shape} for a batch of {len(chunk)}",
         )
-    return scores
+    return scores, str(response.model_version or "")

@@ -24,9 +24,9 @@ from kserve.errors import InvalidInput
 from predictor.specs import NSFW
 from transformer.commons import CommonsClient
 from transformer.config import Settings
-from transformer.errors import ItemError, RequestRejected, UpstreamError
-from transformer.model import ITEM_ERRORS
+from transformer.errors import ItemError
 from transformer.request import Instance, parse_request
+from transformer.responses import MODEL_VERSION_HEADER, error_prediction, respond
 from transformer.scoring import score
 from transformer.sources import VIDEOS, Source, download, resolve_all
 from transformer.video import VideoError, VideoLimits
@@ -54,7 +54,7 @@ class VideoModel(kserve.Model):
     triton_model = NSFW.name
 
     def __init__(self, settings: Settings, commons: CommonsClient, executor: Executor) -> None:
-        super().__init__(NAME)
+        super().__init__(NAME, return_response_headers=True)
         self.settings = settings
         self.commons = commons
         self.executor = executor
@@ -92,38 +92,33 @@ class VideoModel(kserve.Model):
         instances = [_renamed(inst) for inst in instances]
         return VideoBatch(instances, options, await resolve_all(instances, self.commons))
 
-    async def predict(self, batch: VideoBatch, headers: dict | None = None) -> VideoBatch:
+    async def predict(
+        self, batch: VideoBatch, headers: dict | None = None, response_headers: dict | None = None
+    ) -> VideoBatch:
+        versions: set[str] = set()
         batch.results = list(
             await asyncio.gather(
-                *(self._score(s, o) for s, o in zip(batch.sources, batch.options, strict=True))
+                *(
+                    self._score(s, o, versions)
+                    for s, o in zip(batch.sources, batch.options, strict=True)
+                )
             )
         )
+        if response_headers is not None and versions:
+            response_headers[MODEL_VERSION_HEADER] = ",".join(sorted(versions))
         return batch
 
-    async def postprocess(self, batch: VideoBatch, headers: dict | None = None) -> dict:
+    async def postprocess(
+        self, batch: VideoBatch, headers: dict | None = None, response_headers: dict | None = None
+    ) -> dict:
         results = batch.results or []
         predictions = [
             self._prediction(i, r) for i, r in zip(batch.instances, results, strict=True)
         ]
-        errors = [r for r in results if isinstance(r, ItemError)]
-        for error in errors:
-            ITEM_ERRORS.labels(model=self.name, code=error.code).inc()
-        if errors and len(errors) == len(results):
-            upstream = [e for e in errors if e.upstream]
-            if upstream:
-                raise UpstreamError(upstream[0].status, upstream[0].message, predictions)
-            summary = (
-                errors[0].message
-                if len(errors) == 1
-                else (
-                    f"none of the {len(errors)} instances could be scored; see predictions[].error"
-                )
-            )
-            raise RequestRejected(summary, predictions)
-        return {"predictions": predictions}
+        return respond(self.name, predictions, results)
 
     async def _score(
-        self, source: Source, options: ScoringOptions | ItemError
+        self, source: Source, options: ScoringOptions | ItemError, versions: set[str]
     ) -> VideoReport | ItemError:
         if isinstance(source, ItemError):
             return source
@@ -138,7 +133,7 @@ class VideoModel(kserve.Model):
                     data,
                     limits=self.limits,
                     options=options,
-                    scorer=self._triton,
+                    scorer=lambda frames: self._triton(frames, versions),
                     executor=self.executor,
                     max_chunk=NSFW.max_batch_size,
                 )
@@ -146,13 +141,14 @@ class VideoModel(kserve.Model):
                 return ItemError(exc.code, exc.message)
         return scored.report
 
-    async def _triton(self, batch: np.ndarray) -> np.ndarray:
+    async def _triton(self, batch: np.ndarray, versions: set[str]) -> np.ndarray:
         scores = await score(self._grpc_client, NSFW, batch, self.settings.triton_timeout_s)
-        return scores[:, NSFW.labels.index("nsfw")]
+        versions.add(scores.model_version)
+        return scores.values[:, NSFW.labels.index("nsfw")]
 
     def _prediction(self, instance: Instance, result: VideoReport | ItemError) -> dict:
         if isinstance(result, ItemError):
-            return {"filename": instance.filename, "error": result.as_dict()}
+            return error_prediction(instance.filename, result)
         return {
             "filename": instance.filename,
             "target": instance.target or TARGET,

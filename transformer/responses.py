@@ -1,0 +1,39 @@
+"""Per-item results → the response body, or the status that the whole request earns.
+
+Shared by the image and video models so that the rule is written once: a response is 200
+when at least one instance was scored; when none was, 502/503/504 if Commons failed us,
+else 400 naming the client's problem. ``predictions`` lists every item either way.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter
+
+from transformer.errors import ItemError, RequestRejected, UpstreamError
+
+ITEM_ERRORS = Counter(
+    "transformer_item_errors", "Instances that could not be scored", ["model", "code"]
+)
+# Triton's version of the model that scored the request, echoed so clients can log it.
+MODEL_VERSION_HEADER = "x-model-version"
+
+
+def respond(model: str, predictions: list[dict], results: list[object]) -> dict:
+    errors = [r for r in results if isinstance(r, ItemError)]
+    for error in errors:
+        ITEM_ERRORS.labels(model=model, code=error.code).inc()
+    if errors and len(errors) == len(results):
+        upstream = [e for e in errors if e.upstream]
+        if upstream:
+            raise UpstreamError(upstream[0].status, upstream[0].message, predictions)
+        summary = (
+            errors[0].message
+            if len(errors) == 1
+            else f"none of the {len(errors)} instances could be scored; see predictions[].error"
+        )
+        raise RequestRejected(summary, predictions)
+    return {"predictions": predictions}
+
+
+def error_prediction(filename: str | None, error: ItemError) -> dict:
+    return {"filename": filename, "error": error.as_dict()}
