@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 REPOSITORY_STAMP := build/.model_repository.stamp
 
-.PHONY: venv models serve test clean distclean
+.PHONY: venv models serve test loadtest bench clean distclean
 
 venv: $(STAMP)
 $(STAMP): requirements.txt
@@ -33,6 +33,14 @@ serve: models
 
 test: models $(HELM)
 	$(PY) -m pytest
+
+# `make loadtest` starts its own stack (and fake Commons); `make loadtest URL=http://host:8080`
+# loads a deployment instead. LOADTEST_ARGS / BENCH_ARGS pass options (see --help).
+loadtest: models
+	$(PY) -m loadtests.run $(if $(URL),--url $(URL)) $(LOADTEST_ARGS)
+
+bench: models
+	$(PY) -m loadtests.bench $(BENCH_ARGS)
 
 clean:
 	rm -rf build model_repository
