@@ -176,6 +176,16 @@ def test_oversized_body_is_413(client: httpx.Client) -> None:
     assert "limit" in response.json()["error"]
 
 
+def test_oversized_chunked_body_is_413_with_the_same_shape(client: httpx.Client) -> None:
+    def chunks():
+        for _ in range(49):
+            yield b"x" * (1024 * 1024)
+
+    response = client.post(LOGO, content=chunks(), headers={"Content-Type": "application/json"})
+    assert response.status_code == 413
+    assert "limit" in response.json()["error"]
+
+
 def test_unknown_model_is_404(client: httpx.Client, jpeg: bytes) -> None:
     response = client.post("/v1/models/nope:predict", json={"instances": [{"image": b64(jpeg)}]})
     assert response.status_code == 404

@@ -85,6 +85,14 @@ async def test_any_spelling_of_a_name_resolves_in_one_call(fake: FakeCommons) ->
     ]
 
 
+async def test_decomposed_unicode_is_sent_composed(fake: FakeCommons) -> None:
+    """MediaWiki titles are NFC; a decomposed name (as macOS types it) is composed first."""
+    async with client_for(fake) as client:
+        (result,) = await client.resolve(["File:Portrai\u0308t.jpg"])
+    assert sent_titles(fake) == [["File:Portra\u00eft.jpg"]]
+    assert error_code(result) == "file_not_found"
+
+
 async def test_redirects_missing_files_and_request_order(fake: FakeCommons) -> None:
     names = ["Missing.jpg", "Old_name.jpg", "Small.png", "File:Also missing.png", "Portrait.jpg"]
     async with client_for(fake) as client:

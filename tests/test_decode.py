@@ -18,8 +18,17 @@ def test_every_mode_becomes_rgb(name: str, data: bytes) -> None:
     assert img.size in ((400, 300), (360, 640))
 
 
-def test_exif_orientation_is_applied() -> None:
-    assert decode_image(images.exif_rotated_jpeg()).size == (360, 640)
+@pytest.mark.parametrize(("orientation", "corner"), [(6, (59, 0)), (8, (0, 99)), (3, (99, 59))])
+def test_exif_orientation_is_applied(orientation: int, corner: tuple[int, int]) -> None:
+    """A red marker in the stored top-left corner ends up where the display puts it."""
+    stored = Image.new("RGB", (100, 60), (255, 255, 255))
+    stored.paste((255, 0, 0), (0, 0, 12, 12))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    img = decode_image(images.encode(stored, "PNG", exif=exif.tobytes()))
+    assert img.size == ((60, 100) if orientation in (6, 8) else (100, 60))
+    red, green, _ = img.getpixel(corner)
+    assert red > 200 and green < 60
 
 
 def test_transparency_is_composited_onto_background() -> None:
@@ -30,9 +39,10 @@ def test_transparency_is_composited_onto_background() -> None:
     assert img.getpixel((5, 5)) == (255, 0, 0)
 
 
-def test_sixteen_bit_keeps_its_range() -> None:
-    grey16 = Image.fromarray(np.full((4, 4), 65535, dtype=np.uint16))
-    assert decode_image(images.encode(grey16, "PNG")).getpixel((0, 0)) == (255, 255, 255)
+@pytest.mark.parametrize(("value", "expected"), [(65535, 255), (32896, 128), (0, 0)])
+def test_sixteen_bit_keeps_its_range(value: int, expected: int) -> None:
+    grey16 = Image.fromarray(np.full((4, 4), value, dtype=np.uint16))
+    assert decode_image(images.encode(grey16, "PNG")).getpixel((0, 0)) == (expected,) * 3
 
 
 def test_format_comes_from_the_bytes() -> None:

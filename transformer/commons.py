@@ -24,8 +24,10 @@ import asyncio
 import logging
 import math
 import re
+import unicodedata
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any, TypeVar
 
 import httpx
@@ -162,6 +164,7 @@ class CommonsClient:
                 "url_not_allowed",
                 f"{file.title} points to {url.scheme}://{url.netloc.decode()}, "
                 "which is not a Commons upload host; not fetched",
+                HTTPStatus.BAD_GATEWAY,
             )
         return await self._retrying(lambda: self._fetch_once(url, file.title), self._fetch_timeout)
 
@@ -245,9 +248,11 @@ class CommonsClient:
         async with self._http.stream("GET", url, timeout=self._fetch_timeout) as response:
             _raise_if_transient(response)
             if response.status_code != 200:
+                # Commons listed the file, then would not serve it: not the client's fault.
                 return ItemError(
                     "fetch_failed",
                     f"downloading {title} failed: {url} answered HTTP {response.status_code}",
+                    HTTPStatus.BAD_GATEWAY,
                 )
             too_large = ItemError(
                 "file_too_large", f"{title} is larger than {self._max_fetch_bytes} bytes"
@@ -294,7 +299,9 @@ def _to_title(name: str) -> str | ItemError:
     Normalisation (underscores, capitalisation, ``Image:``) is left to MediaWiki, which
     reports it in ``query.normalized``; here we only catch what would break the request.
     """
-    name = name.strip()
+    # MediaWiki stores titles in NFC; sending NFC saves a normalisation hop we would
+    # otherwise have to follow (names typed on macOS often arrive decomposed).
+    name = unicodedata.normalize("NFC", name.strip())
     prefix = _NAMESPACE.match(name)
     bare = name[prefix.end() if prefix else 0 :].strip(" _")
     if not bare:

@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from functools import partial
 
 import kserve
 import numpy as np
@@ -78,10 +79,15 @@ class ImageModel(kserve.Model):
         return self.ready
 
     async def preprocess(self, payload: dict | bytes, headers: dict | None = None) -> Batch:
-        instances = parse_request(
-            payload,
-            max_instances=self.settings.max_instances,
-            max_bytes=self.settings.max_image_bytes,
+        # Base64-decoding up to 64 MB takes ~100 ms: off the event loop, like decoding.
+        instances = await asyncio.get_running_loop().run_in_executor(
+            self.executor,
+            partial(
+                parse_request,
+                payload,
+                max_instances=self.settings.max_instances,
+                max_bytes=self.settings.max_image_bytes,
+            ),
         )
         sources = await fetch_all(instances, self.commons)
         results = await asyncio.gather(*(self._prepare(source) for source in sources))
