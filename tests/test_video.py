@@ -12,6 +12,7 @@ import base64
 import io
 import json
 import math
+import random
 import subprocess
 import sys
 from itertools import pairwise
@@ -22,8 +23,10 @@ import pytest
 from PIL import Image, ImageSequence
 
 from tests import images, videos
-from transformer.video import sampling_interval
+from transformer import video_cli
+from transformer.video import VideoError, VideoLimits, sampling_interval, scan_video
 from transformer.video_report import FrameScore, segments
+from transformer.video_scoring import ScoringOptions
 
 VIDEO = "/v1/models/nsfw-video-detection:predict"
 NSFW = "/v1/models/nsfw-detection:predict"
@@ -282,7 +285,24 @@ BROKEN = {
         "GIF file ends early",
     ),
     "still image": (lambda: images.encode(PHOTO, "PNG"), "not_a_video", "still PNG"),
+    "still JPEG": (lambda: images.encode(PHOTO, "JPEG"), "not_a_video", "still JPEG"),
+    "still TIFF": (lambda: images.encode(PHOTO, "TIFF"), "not_a_video", "still TIFF"),
+    "still BMP": (lambda: images.encode(PHOTO, "BMP"), "not_a_video", "still BMP"),
+    "audio only": (lambda: videos.with_audio([], 2.0), "not_a_video", "no video stream"),
+    "video stream without frames": (
+        lambda: videos.with_audio([(PHOTO, 0.0)], 1.0),
+        "no_frames",
+        "no frames",
+    ),
+    "decompression bomb": (lambda: _bomb(), "video_too_large", "decompression bomb"),
 }
+
+
+def _bomb() -> bytes:
+    """An animated GIF whose header claims 65535x65535 pixels."""
+    gif = bytearray(videos.animated([(PHOTO, 100), (HIGH, 100)], "GIF"))
+    gif[6:10] = b"\xff\xff\xff\xff"  # the logical screen's width and height
+    return bytes(gif)
 
 
 @pytest.mark.parametrize("case", list(BROKEN))
@@ -317,6 +337,12 @@ def test_invalid_options(client: httpx.Client) -> None:
     response = client.post(VIDEO, json={"instances": [{"video": data}], "early_exit": "yes"})
     assert response.status_code == 400
     assert "early_exit must be true or false" in response.text
+
+
+def test_audio_outlasting_the_video_is_no_truncation(client: httpx.Client) -> None:
+    # Matroska's container duration is the longest stream's: here the audio's 10 s.
+    prediction = score_video(client, videos.with_audio(CLIP, 10.0))
+    assert (prediction["duration_s"], prediction["frames_scored"]) == (4.0, 10)
 
 
 def test_resolution_limit(client: httpx.Client) -> None:
@@ -390,3 +416,64 @@ def test_segments_split_at_cuts_and_threshold_crossings() -> None:
         (4.0, 5.0, 0.97),
         (5.0, 6.5, 0.4),
     ]
+
+
+# --- the scan alone ----------------------------------------------------------------------
+
+LIMITS = VideoLimits(max_duration_s=600.0, max_pixels=2_000_000, max_frames=MAX_FRAMES)
+
+
+def scan(data: bytes, limits: VideoLimits = LIMITS) -> None:
+    scan_video(data, limits, lambda image: None, lambda sample: None)
+
+
+@pytest.mark.parametrize("codec", [videos.H264, videos.VP8])
+def test_video_too_long(codec: tuple) -> None:
+    data = videos.encode([(PHOTO, 3.0)], codec=codec)
+    with pytest.raises(VideoError, match="lasts 3.0 s") as caught:
+        scan(data, VideoLimits(max_duration_s=2.0, max_pixels=2_000_000, max_frames=MAX_FRAMES))
+    assert caught.value.code == "video_too_long"
+
+
+def _mutations(data: bytes, seed: int, count: int) -> list[bytes]:
+    """``count`` copies of ``data``, each truncated or with a few bytes overwritten."""
+    rng = random.Random(seed)
+    mutated = []
+    for _ in range(count):
+        if rng.random() < 0.3:
+            mutated.append(data[: rng.randrange(1, len(data))])
+            continue
+        copy = bytearray(data)
+        for _ in range(rng.randint(1, 8)):
+            copy[rng.randrange(len(copy))] = rng.randrange(256)
+        mutated.append(bytes(copy))
+    return mutated
+
+
+def test_mutated_files_raise_only_video_errors() -> None:
+    """Client bytes never escape as another exception (an HTTP 500): metadata that is not
+    UTF-8, streams without a decoder, unseekable containers, … are all `VideoError`s."""
+    small = [(PHOTO.resize((32, 24)), 0.3), (HIGH.resize((32, 24)), 0.3)]
+    seeds = [
+        videos.encode(small),
+        videos.encode(small, codec=videos.VP8),
+        videos.animated([(image.quantize(16).convert("RGB"), 200) for image, _ in small], "GIF"),
+    ]
+    for seed, data in enumerate(seeds):
+        for mutated in _mutations(data, seed, 200):
+            try:
+                scan(mutated)
+            except VideoError:
+                pass
+
+
+def test_cli_refuses_an_oversized_file_before_reading_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MAX_VIDEO_BYTES", "1024")
+    path = tmp_path / "big.webm"
+    path.write_bytes(b"\0" * 2048)
+    monkeypatch.setattr(Path, "read_bytes", lambda self: pytest.fail("the file was read"))
+    with pytest.raises(VideoError, match="2048 bytes exceeds the 1024-byte limit") as caught:
+        video_cli.score_path(path, ScoringOptions(), video_cli.DEFAULT_MODEL)
+    assert caught.value.code == "video_too_large"

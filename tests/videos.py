@@ -26,6 +26,8 @@ VP8 = ("webm", "libvpx", "yuv420p", {"crf": "10", "b": "2M", "deadline": "realti
 # exercises the same demuxer.
 OGG_VP8 = ("ogg", "libvpx", "yuv420p", {"crf": "10", "b": "2M", "deadline": "realtime"})
 
+OPUS_RATE, OPUS_FRAME = 48000, 960  # Opus's 20 ms frames
+
 
 def skin(width: int, height: int, seed: int) -> Image.Image:
     """Overlapping skin-toned ellipses on a plain background, blurred."""
@@ -73,6 +75,36 @@ def encode(
                 container.mux(stream.encode(frame))
                 index += 1
         container.mux(stream.encode(None))
+    return out.getvalue()
+
+
+def with_audio(
+    scenes: Sequence[tuple[Image.Image, float]], audio_s: float, *, fps: int = 10
+) -> bytes:
+    """A VP8 WebM of ``scenes`` with ``audio_s`` seconds of silent Opus beside it (no video
+    stream at all when ``scenes`` is empty)."""
+    out = io.BytesIO()
+    with av.open(out, "w", format="webm") as container:
+        if scenes:
+            video = container.add_stream("libvpx", rate=fps)
+            video.width, video.height = scenes[0][0].size
+            video.pix_fmt = "yuv420p"
+        audio = container.add_stream("libopus", rate=OPUS_RATE, layout="mono")
+        index = 0
+        for image, seconds in scenes:
+            frame = av.VideoFrame.from_image(image)
+            for _ in range(round(seconds * fps)):
+                frame.pts = index
+                container.mux(video.encode(frame))
+                index += 1
+        if scenes:
+            container.mux(video.encode(None))
+        silence = np.zeros((1, OPUS_FRAME), np.int16)
+        for index in range(round(audio_s * OPUS_RATE / OPUS_FRAME)):
+            frame = av.AudioFrame.from_ndarray(silence, format="s16", layout="mono")
+            frame.sample_rate, frame.pts = OPUS_RATE, index * OPUS_FRAME
+            container.mux(audio.encode(frame))
+        container.mux(audio.encode(None))
     return out.getvalue()
 
 

@@ -52,7 +52,7 @@ from scenedetect.common import FrameTimecode
 from scenedetect.detector import FlashFilter
 from scenedetect.detectors import ContentDetector
 
-from transformer.decode import BACKGROUND
+from transformer.decode import ALLOWED_FORMATS, BACKGROUND
 
 T = TypeVar("T")
 
@@ -89,6 +89,9 @@ _CONTAINERS: tuple[tuple[int, bytes, str], ...] = (
     (4, b"wide", "mov"),
 )
 _ANIMATIONS: tuple[str, ...] = ("GIF", "PNG", "WEBP")
+# What PyAV raises on bytes it cannot make sense of: FFmpeg's errors, header text that is
+# not UTF-8, values out of range.
+_UNREADABLE = (av.FFmpegError, UnicodeError, ValueError, OverflowError)
 
 
 class VideoError(ValueError):
@@ -345,20 +348,20 @@ class _AvVideo:
         self._stream = stream
         context = stream.codec_context
         if context is None:
-            raise VideoError(
-                "unsupported_video", f"no decoder for the video codec {stream.codec.name!r}"
-            )
+            raise _no_decoder()
         if context.width * context.height > limits.max_pixels:
             raise VideoError(
                 "video_too_large", _too_many_pixels(context.width, context.height, limits)
             )
         self.fps = float(stream.average_rate or stream.guessed_rate or 25)
-        self._declared = _declared_duration(container, stream)
-        if self._declared is not None and self._declared > limits.max_duration_s:
-            raise VideoError("video_too_long", _too_long(self._declared, limits, "lasts"))
+        self._declared = _declared_duration(stream)
         self.duration_s = (
-            self._declared if self._declared is not None else _demuxed_duration(stream, container)
+            self._declared
+            if self._declared is not None
+            else _demuxed_duration(stream, container, limits.max_duration_s)
         )
+        if self.duration_s > limits.max_duration_s:
+            raise VideoError("video_too_long", _too_long(self.duration_s, limits, "lasts"))
         self._origin = (
             float(stream.start_time * stream.time_base)
             if stream.start_time is not None and stream.time_base is not None
@@ -371,20 +374,22 @@ class _AvVideo:
     @classmethod
     @contextmanager
     def open(cls, data: bytes, demuxer: str, limits: VideoLimits) -> Iterator[_AvVideo]:
+        with _unreadable(f"the {_NAMES[demuxer]} container cannot be read"):
+            container = av.open(
+                io.BytesIO(data), mode="r", format=demuxer, metadata_errors="replace"
+            )
         try:
-            container = av.open(io.BytesIO(data), mode="r", format=demuxer)
-        except av.FFmpegError as exc:
-            raise VideoError(
-                "corrupt_video",
-                f"the {_NAMES[demuxer]} container cannot be read (corrupt or truncated): "
-                f"{_reason(exc)}",
-            ) from None
-        try:
-            yield cls(container, limits)
+            with _unreadable(f"the {_NAMES[demuxer]} header cannot be read"):
+                video = cls(container, limits)
+            yield video
         finally:
             container.close()
 
     def frames(self) -> Iterator[_AvFrame]:
+        with _unreadable("the video cannot be decoded"):
+            yield from self._timed()
+
+    def _timed(self) -> Iterator[_AvFrame]:
         reformatter = VideoReformatter()
         frame_s = 1.0 / self.fps
         previous = -frame_s
@@ -418,10 +423,7 @@ class _AvVideo:
             try:
                 yield from packet.decode()
             except av.DecoderNotFoundError:
-                raise VideoError(
-                    "unsupported_video",
-                    f"no decoder for the video codec {self._stream.codec.name!r}",
-                ) from None
+                raise _no_decoder() from None
             except av.FFmpegError as exc:
                 # One bad packet need not spoil the video; a player skips it too.
                 self._bad_packets += 1
@@ -461,19 +463,33 @@ class _AvVideo:
 _NAMES = {"matroska": "WebM/Matroska", "ogg": "Ogg", "mov": "MP4/QuickTime"}
 
 
-def _declared_duration(
-    container: av.container.InputContainer, stream: av.VideoStream
-) -> float | None:
-    if stream.duration is not None and stream.time_base is not None:
-        return float(stream.duration * stream.time_base)
-    if container.duration is not None:
-        return container.duration / av.time_base
-    return None
+def _declared_duration(stream: av.VideoStream) -> float | None:
+    """The video stream's own duration from the header (Matroska's per-track ``DURATION``
+    tag, MP4's track duration), else None. Never the container's: that is the longest
+    stream's, and audio outlasting the video would pass for a truncated video. The tag
+    comes first because FFmpeg fills a Matroska stream's duration in from the container's."""
+    seconds = _tag_seconds(stream.metadata.get("DURATION", ""))
+    if seconds is None and stream.duration is not None and stream.time_base is not None:
+        seconds = float(stream.duration * stream.time_base)
+    return seconds if seconds is not None and 0 < seconds < math.inf else None
 
 
-def _demuxed_duration(stream: av.VideoStream, container: av.container.InputContainer) -> float:
-    """The end of the last packet, for files whose header has no duration (live-recorded
-    WebM): a demux-only pass, no decoding, then back to the start."""
+def _tag_seconds(value: str) -> float | None:
+    """Matroska's ``HH:MM:SS.nnnnnnnnn`` in seconds; None if it is not that."""
+    hours, _, rest = value.partition(":")
+    minutes, _, seconds = rest.partition(":")
+    try:
+        return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    except ValueError:
+        return None
+
+
+def _demuxed_duration(
+    stream: av.VideoStream, container: av.container.InputContainer, max_s: float
+) -> float:
+    """The end of the video's last packet, for streams whose header has no duration
+    (live-recorded WebM): a demux-only pass, no decoding, stopping once past ``max_s``,
+    then back to the start."""
     start, end = None, 0.0
     try:
         for packet in container.demux(stream):
@@ -482,10 +498,14 @@ def _demuxed_duration(stream: av.VideoStream, container: av.container.InputConta
             t = float(packet.pts * packet.time_base)
             start = t if start is None else min(start, t)
             end = max(end, t + float((packet.duration or 0) * packet.time_base))
+            if end - start > max_s:
+                break
     except av.FFmpegError:
         pass  # the decode pass meets the same error and reports it
+    if start is None:
+        return 0.0  # nothing to decode, nor to seek back to (FFmpeg refuses)
     container.seek(0)
-    return max(0.0, end - (start or 0.0))
+    return max(0.0, end - start)
 
 
 # --- Pillow: animated GIF, PNG, WebP ---------------------------------------------------
@@ -526,14 +546,17 @@ class _Animation:
         if fmt := _cut_short(data):
             raise VideoError("truncated_video", f"the {fmt} file ends early: it is truncated")
         try:
-            img = Image.open(io.BytesIO(data), formats=_ANIMATIONS)
-        except (Image.UnidentifiedImageError, Image.DecompressionBombError):
+            # Still formats too, to name a still image as such.
+            img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+        except Image.UnidentifiedImageError:
             return None
+        except Image.DecompressionBombError as exc:
+            raise VideoError("video_too_large", str(exc)) from None
         except (OSError, ValueError, SyntaxError) as exc:
             raise VideoError("corrupt_video", f"the image header cannot be read: {exc}") from None
         if img.width * img.height > limits.max_pixels:
             raise VideoError("video_too_large", _too_many_pixels(img.width, img.height, limits))
-        if not getattr(img, "is_animated", False):
+        if img.format not in _ANIMATIONS or not getattr(img, "is_animated", False):
             raise VideoError(
                 "not_a_video", f"a still {img.format} image; score it with nsfw-detection"
             )
@@ -615,5 +638,21 @@ def _too_long(seconds: float, limits: VideoLimits, verb: str) -> str:
     return f"the video {verb} {seconds:.1f} s, over the limit of {limits.max_duration_s:g} s"
 
 
-def _reason(exc: av.FFmpegError) -> str:
-    return exc.strerror or str(exc)
+def _no_decoder() -> VideoError:
+    return VideoError("unsupported_video", "no decoder for this video codec")
+
+
+def _reason(exc: Exception) -> str:
+    return getattr(exc, "strerror", None) or str(exc)
+
+
+@contextmanager
+def _unreadable(what: str) -> Iterator[None]:
+    """PyAV's errors on bytes it cannot read → ``corrupt_video``; VideoErrors pass."""
+    try:
+        yield
+    except VideoError:
+        raise
+    except _UNREADABLE as exc:
+        message = f"{what} (corrupt or truncated): {_reason(exc)}"
+        raise VideoError("corrupt_video", message) from None

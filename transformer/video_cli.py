@@ -75,12 +75,12 @@ async def score_file(
 def score_path(file: Path, options: ScoringOptions, model: Path) -> VideoReport:
     """Score ``file`` under the service's limits; raises `VideoError`."""
     settings = load_settings()
-    data = file.read_bytes()
-    if len(data) > settings.max_video_bytes:
+    size = file.stat().st_size  # before reading: the file may be far over the limit
+    if size > settings.max_video_bytes:
         raise VideoError(
-            "video_too_large",
-            f"{len(data)} bytes exceeds the {settings.max_video_bytes}-byte limit",
+            "video_too_large", f"{size} bytes exceeds the {settings.max_video_bytes}-byte limit"
         )
+    data = file.read_bytes()
     limits = VideoLimits(
         max_duration_s=settings.max_video_duration_s,
         max_pixels=settings.max_video_pixels,
