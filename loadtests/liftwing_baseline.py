@@ -23,7 +23,7 @@ import onnxruntime as ort
 import typer
 from PIL import Image
 
-from predictor.specs import SPECS
+from predictor.specs import ONNX_FILENAME, SPECS
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -80,7 +80,7 @@ def main(
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     for spec in SPECS:
-        path = model_repository / spec.name / "1" / "model.onnx"
+        path = model_repository / spec.name / str(spec.version) / ONNX_FILENAME
         _Handler.sessions[spec.name] = ort.InferenceSession(
             str(path), sess_options=options, providers=["CPUExecutionProvider"]
         )

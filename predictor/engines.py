@@ -26,7 +26,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from predictor.specs import MODEL_VERSION, ONNX_FILENAME, SPECS, ModelSpec
+from predictor.specs import ONNX_FILENAME, SPECS, ModelSpec
 
 TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
 TENSORRT_VERSION = "10.5.0"
@@ -247,10 +247,11 @@ def plan_repository(
     for spec in specs:
         model_dir = repository / spec.name
         config = model_dir / "config.pbtxt"
-        onnx = model_dir / MODEL_VERSION / ONNX_FILENAME
+        version_dir = model_dir / str(spec.version)
+        onnx = version_dir / ONNX_FILENAME
         if not config.is_file() or not onnx.is_file():
             raise EngineError(
-                f"{model_dir} lacks config.pbtxt or {MODEL_VERSION}/{ONNX_FILENAME}: copy in "
+                f"{model_dir} lacks config.pbtxt or {spec.version}/{ONNX_FILENAME}: copy in "
                 "the output of `python -m predictor build-repository --profile gpu`"
             )
         filenames, default = configured_engines(config.read_text())
@@ -261,7 +262,7 @@ def plan_repository(
                 f"{expected!r}: regenerate the repository for compute capability "
                 f"{compute_capability(cc)} and TensorRT {tensorrt_release(tensorrt_version)}"
             )
-        jobs.append(EngineJob(spec, onnx, model_dir / MODEL_VERSION / expected))
+        jobs.append(EngineJob(spec, onnx, version_dir / expected))
     return jobs
 
 

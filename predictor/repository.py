@@ -9,7 +9,7 @@ from pathlib import Path
 
 from predictor import engines
 from predictor.configs import cpu_config, gpu_config, render
-from predictor.specs import MODEL_VERSION, ONNX_FILENAME, SPECS, ModelSpec
+from predictor.specs import ONNX_FILENAME, SPECS, ModelSpec
 
 BACKEND_MODEL = Path(__file__).parent / "backend" / "model.py"
 
@@ -21,7 +21,7 @@ def _assemble(
     config_text: Callable[[ModelSpec], str],
     extra_files: tuple[Path, ...] = (),
 ) -> Path:
-    """Write ``<name>/config.pbtxt`` and ``<name>/1/model.onnx`` (plus ``extra_files``).
+    """Write ``<name>/config.pbtxt`` and ``<name>/<version>/model.onnx`` (plus ``extra_files``).
 
     The tree is assembled beside ``out`` and swapped in with a rename, so a running or
     interrupted build never leaves Triton a half-written repository.
@@ -33,7 +33,7 @@ def _assemble(
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     for spec in specs:
-        version_dir = staging / spec.name / MODEL_VERSION
+        version_dir = staging / spec.name / str(spec.version)
         version_dir.mkdir(parents=True)
         (staging / spec.name / "config.pbtxt").write_text(config_text(spec))
         for extra in extra_files:
@@ -46,7 +46,7 @@ def _assemble(
 
 
 def build_cpu(out: Path, onnx_files: dict[str, Path], specs: tuple[ModelSpec, ...] = SPECS) -> Path:
-    """Write the CPU profile: ``<name>/config.pbtxt`` and ``<name>/1/{model.py,model.onnx}``."""
+    """Write the CPU profile: ``<name>/config.pbtxt`` and ``<name>/<version>/{model.py,model.onnx}``."""
     return _assemble(
         out, onnx_files, specs, lambda spec: render(cpu_config(spec)), extra_files=(BACKEND_MODEL,)
     )
@@ -58,7 +58,7 @@ def build_gpu(
     specs: tuple[ModelSpec, ...] = SPECS,
     compute_capabilities: Iterable[str] = engines.COMPUTE_CAPABILITIES,
 ) -> Path:
-    """Write the GPU profile: ``<name>/config.pbtxt`` and ``<name>/1/model.onnx``.
+    """Write the GPU profile: ``<name>/config.pbtxt`` and ``<name>/<version>/model.onnx``.
 
     The ONNX file is the engine builder's input; Triton loads only the engine that
     ``cc_model_filenames`` selects, which ``python -m predictor.engines build-repository``

@@ -17,6 +17,10 @@ class ModelSpec:
 
     name: str
     labels: tuple[str, ...]
+    # Triton's model version: the repository's version directory, reported by Triton in
+    # every response and written into the exported ONNX metadata. Bump it whenever the
+    # exported model changes.
+    version: int = 1
     input_name: str = "image"
     input_dims: tuple[int, int, int] = (224, 224, 3)
     output_name: str = "scores"
@@ -57,5 +61,3 @@ NSFW = ModelSpec(name="nsfw-detection", labels=("sfw", "nsfw"))
 SPECS: tuple[ModelSpec, ...] = (LOGO, NSFW)
 
 ONNX_FILENAME = "model.onnx"
-# Triton model version directory holding the ONNX file (and, for the GPU profile, the engines).
-MODEL_VERSION = "1"

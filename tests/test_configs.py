@@ -20,7 +20,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from predictor import engines, repository
 from predictor.configs import cpu_config, gpu_config, render
-from predictor.specs import MODEL_VERSION, ONNX_FILENAME, SPECS, ModelSpec
+from predictor.specs import ONNX_FILENAME, SPECS, ModelSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_REPOSITORY = ROOT / "model_repository"
@@ -32,7 +32,7 @@ ONNX_TO_TRITON = {onnx.TensorProto.UINT8: mc.TYPE_UINT8, onnx.TensorProto.FLOAT:
 
 
 def exported_onnx(spec: ModelSpec) -> Path:
-    path = MODEL_REPOSITORY / spec.name / MODEL_VERSION / ONNX_FILENAME
+    path = MODEL_REPOSITORY / spec.name / str(spec.version) / ONNX_FILENAME
     if not path.is_file():
         pytest.fail(f"{path} missing: run `make models` (make test does)")
     return path
@@ -60,7 +60,7 @@ def test_gpu_repository_files_parse_strictly(gpu_repository: Path) -> None:
     for spec in SPECS:
         text = (gpu_repository / spec.name / "config.pbtxt").read_text()
         assert text_format.Parse(text, mc.ModelConfig()) == gpu_config(spec)
-        assert sorted(p.name for p in (gpu_repository / spec.name / MODEL_VERSION).iterdir()) == [
+        assert sorted(p.name for p in (gpu_repository / spec.name / str(spec.version)).iterdir()) == [
             ONNX_FILENAME
         ]
 
@@ -142,7 +142,7 @@ def test_triton_selects_each_listed_gpus_engine_and_nothing_else(gpu_repository:
         # An unlisted GPU falls back to a file no repository holds: it fails to load
         # rather than run an engine built for another architecture.
         fallback = engines.select_engine(filenames, "12.0", default)
-        assert not (gpu_repository / spec.name / MODEL_VERSION / fallback).exists()
+        assert not (gpu_repository / spec.name / str(spec.version) / fallback).exists()
 
 
 def test_plan_builds_exactly_what_triton_would_load(gpu_repository: Path) -> None:
@@ -150,13 +150,13 @@ def test_plan_builds_exactly_what_triton_would_load(gpu_repository: Path) -> Non
     assert [(j.spec, j.onnx, j.engine) for j in jobs] == [
         (spec, version_dir / ONNX_FILENAME, version_dir / "model.sm80.trt10.5.0.plan")
         for spec in SPECS
-        for version_dir in [gpu_repository / spec.name / MODEL_VERSION]
+        for version_dir in [gpu_repository / spec.name / str(spec.version)]
     ]
     with pytest.raises(engines.EngineError, match="compute capability 12.0"):
         engines.plan_repository(gpu_repository, "12.0")
     with pytest.raises(engines.EngineError, match="TensorRT 10.6.0"):
         engines.plan_repository(gpu_repository, "8.0", tensorrt_version="10.6.0")
-    (gpu_repository / SPECS[0].name / MODEL_VERSION / ONNX_FILENAME).unlink()
+    (gpu_repository / SPECS[0].name / str(SPECS[0].version) / ONNX_FILENAME).unlink()
     with pytest.raises(engines.EngineError, match="lacks config.pbtxt or"):
         engines.plan_repository(gpu_repository, "8.0")
 

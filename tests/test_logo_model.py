@@ -1,7 +1,9 @@
-"""The exported logo detector (build/logo/model.onnx, built by `make test` beforehand).
+"""The logo detector: its training pieces, and the exported model (build/logo, built by `make models`).
 
-Checks the serving contract of the graph, its parity with the torch model it came from,
-and that it tells held-out logos from held-out photo crops (test split, never trained on).
+The first tests need no build: augmentation, metrics, and that training is deterministic
+and resumable. The rest check the serving contract of the exported graph, its parity with
+the torch model it came from, its version metadata, and that it tells held-out logos from
+held-out photo crops (test split, never trained on).
 """
 
 from __future__ import annotations
@@ -14,37 +16,142 @@ import onnx
 import pytest
 import torch
 
-from predictor.logo import LABELS
+from predictor.logo import LABELS, augment, features, finetune, metrics, train
+from predictor.logo.build import weights_digest
 from predictor.logo.export import INPUT, OUTPUT, TOLERANCE, max_difference, session
-from predictor.logo.model import LogoDetector
-from predictor.logo.train import roc_auc
+from predictor.logo.model import FEATURES, LogoDetector
+from predictor.specs import LOGO
 
 BUILD = Path(__file__).resolve().parents[1] / "build" / "logo"
 MODEL = BUILD / "model.onnx"
-ARTEFACTS = (MODEL, BUILD / "head.pt", BUILD / "test_sample.npz", BUILD / "manifest.jsonl")
+ARTEFACTS = (MODEL, BUILD / train.WEIGHTS, BUILD / "test_sample.npz", BUILD / "manifest.jsonl",
+             BUILD / "metrics.json")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def built() -> None:
-    missing = [str(path) for path in ARTEFACTS if not path.exists()]
-    if missing:
-        pytest.fail(f"missing {', '.join(missing)}: run `make build/logo/model.onnx` first")
+# --- training pieces -------------------------------------------------------------------
+
+
+def _images(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (n, 224, 224, 3), dtype=np.uint8))
+
+
+def test_augmentation_identity_and_flip() -> None:
+    images = _images(2)
+    identity = augment.Params(np.ones(2), np.zeros(2, bool), np.zeros(2), np.zeros((2, 2)))
+    assert torch.equal(augment.augment(images, identity), images)
+    flip = augment.Params(np.ones(2), np.array([True, False]), np.zeros(2), np.zeros((2, 2)))
+    flipped = augment.augment(images, flip)
+    assert torch.equal(flipped[0], images[0].flip(1)) and torch.equal(flipped[1], images[1])
+
+
+def test_augmentation_depends_only_on_the_seed() -> None:
+    image = _images(1)[0].numpy()
+    views = features.augmented_views(image, seed=7)
+    assert views.shape == (features.AUG_VIEWS, 224, 224, 3) and views.dtype == np.uint8
+    np.testing.assert_array_equal(views, features.augmented_views(image, seed=7))
+    assert not np.array_equal(views, features.augmented_views(image, seed=8))
+    params = augment.draw([np.random.default_rng(s) for s in range(200)])
+    assert np.abs(params.angle).max() <= augment.ROTATION * 2 * np.pi
+    assert np.abs(params.shift).max() <= augment.TRANSLATION
+    assert np.abs(params.contrast - 1).max() <= augment.CONTRAST
+
+
+def test_metrics_match_their_definitions() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 300)
+    scores = np.round(rng.random(300) * 0.6 + labels * 0.3, 2)  # ties on purpose
+    thresholds = np.unique(scores)[::-1]
+    precision = np.array([(labels[scores >= t] == 1).mean() for t in thresholds])
+    recall = np.array([(scores[labels == 1] >= t).mean() for t in thresholds])
+    expected_ap = np.sum(np.diff(recall, prepend=0) * precision)
+    assert metrics.average_precision(scores, labels) == pytest.approx(expected_ap)
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    pairs = (pos[:, None] > neg[None]).mean() + 0.5 * (pos[:, None] == neg[None]).mean()
+    assert metrics.roc_auc(scores, labels) == pytest.approx(pairs)
+    point = metrics.operating_point(scores, labels, target=0.9)
+    lowest = thresholds[np.flatnonzero(precision >= 0.9)[-1]]
+    assert point["threshold"] == pytest.approx(lowest) and point["precision"] >= 0.9
+
+
+def _toy_dataset(seed: int = 0) -> features.Dataset:
+    rng = np.random.default_rng(seed)
+    labels = np.repeat([0, 1], 96)
+    x = (rng.normal(size=(192, FEATURES)) + labels[:, None] * 0.3).astype(np.float32)
+    splits = np.array(["train", "val", "test"] * 64)
+    n_train = int((splits == "train").sum())
+    views = (x[splits == "train"][:, None] + rng.normal(size=(n_train, features.AUG_VIEWS, FEATURES))
+             ).astype(np.float32)
+    names = np.arange(192).astype(str)
+    return features.Dataset(x, labels, splits, names, names, views, "toy")
+
+
+def _train(tmp_path: Path, epochs: int, resume: bool = False) -> tuple[torch.nn.Module, dict]:
+    head = torch.nn.Linear(FEATURES, len(LABELS))
+    history = train.train_head(_toy_dataset(), head, checkpoint=tmp_path / "checkpoint.pt", resume=resume,
+                               epochs=epochs)
+    return head, history
+
+
+def test_training_is_deterministic_and_resumes_exactly(tmp_path: Path) -> None:
+    once, history = _train(tmp_path / "a", epochs=4)
+    again, _ = _train(tmp_path / "b", epochs=4)
+    (tmp_path / "c").mkdir()
+    _train(tmp_path / "c", epochs=2)
+    resumed, resumed_history = _train(tmp_path / "c", epochs=4, resume=True)
+    for name, weights in once.state_dict().items():
+        assert torch.equal(weights, again.state_dict()[name]) and torch.equal(weights, resumed.state_dict()[name])
+    assert resumed_history == history and len(history["val_loss_per_epoch"]) == 4
+
+
+def test_resume_refuses_another_recipe(tmp_path: Path) -> None:
+    _train(tmp_path, epochs=1)
+    with pytest.raises(ValueError, match="another data set or recipe"):
+        train.train_head(_toy_dataset(), torch.nn.Linear(FEATURES, len(LABELS)),
+                         checkpoint=tmp_path / "checkpoint.pt", resume=True, epochs=1, lr=0.1)
+
+
+def test_finetune_trains_only_the_top_of_the_backbone(tmp_path: Path) -> None:
+    """The GPU phase, run on CPU with eight images: what it trains and what it leaves alone."""
+    detector = LogoDetector()
+    before = {name: value.clone() for name, value in detector.state_dict().items()}
+    images = _images(8).numpy()
+    labels, splits = np.array([0, 1] * 4), np.array(["train"] * 6 + ["val"] * 2)
+    finetune.finetune(detector, images, labels, splits, device="cpu", checkpoint=tmp_path / "ft.pt",
+                      fingerprint="toy", epochs=1)
+    after = detector.state_dict()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    top = len(detector.backbone.net._blocks) - finetune.TOP_BLOCKS
+    assert any(name.startswith(f"backbone.net._blocks.{top}.") for name in changed)
+    assert "backbone.net._conv_head.weight" in changed and "head.weight" in changed
+    frozen = ("backbone.net._conv_stem", f"backbone.net._blocks.{top - 1}.")
+    assert not any(name.startswith(frozen) for name in changed)
+    assert not any("running_" in name for name in changed), "batch-norm statistics must stay frozen"
+
+
+# --- the exported model ----------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def ort_session():
+def built() -> None:
+    missing = [str(path) for path in ARTEFACTS if not path.exists()]
+    if missing:
+        pytest.fail(f"missing {', '.join(missing)}: run `make models` first")
+
+
+@pytest.fixture(scope="module")
+def ort_session(built):
     return session(MODEL)
 
 
 @pytest.fixture(scope="module")
-def detector() -> LogoDetector:
+def detector(built) -> LogoDetector:
     model = LogoDetector()
-    model.head.load_state_dict(torch.load(BUILD / "head.pt", weights_only=True))
+    model.load_state_dict(torch.load(BUILD / train.WEIGHTS, weights_only=True))
     return model.eval()
 
 
 @pytest.fixture(scope="module")
-def sample() -> dict[str, np.ndarray]:
+def sample(built) -> dict[str, np.ndarray]:
     with np.load(BUILD / "test_sample.npz") as saved:
         return {key: saved[key] for key in saved.files}
 
@@ -58,10 +165,14 @@ def test_signature(ort_session) -> None:
     assert isinstance(scores.shape[0], str) and scores.shape[1:] == [2]
 
 
-def test_opset_and_labels() -> None:
+def test_opset_labels_and_version(built, detector) -> None:
     model = onnx.load(str(MODEL), load_external_data=False)
     assert max(op.version for op in model.opset_import if op.domain in ("", "ai.onnx")) >= 17
-    assert {p.key: p.value for p in model.metadata_props}["labels"] == ",".join(LABELS)
+    metadata = {p.key: p.value for p in model.metadata_props}
+    assert metadata["labels"] == ",".join(LABELS)
+    assert metadata["model_version"] == str(LOGO.version)
+    assert metadata["data_digest"] == json.loads((BUILD / "metrics.json").read_text())["data_digest"]
+    assert metadata["weights_digest"] == weights_digest(detector)
 
 
 @pytest.mark.parametrize("batch", [1, 5])
@@ -98,4 +209,4 @@ def test_separates_held_out_logos_from_photos(ort_session, sample) -> None:
     logo = scores[:, LABELS.index("logo")]
     labels = sample["labels"]
     assert ((logo >= 0.5) == (labels == 1)).mean() >= 0.9
-    assert roc_auc(logo, labels) >= 0.95
+    assert metrics.roc_auc(logo, labels) >= 0.95

@@ -28,7 +28,7 @@ def test_config_parses_strictly_and_matches_spec(spec: ModelSpec) -> None:
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
 def test_onnx_io_matches_spec(spec: ModelSpec) -> None:
-    graph = onnx.load(REPOSITORY / spec.name / "1" / ONNX_FILENAME, load_external_data=False).graph
+    graph = onnx.load(REPOSITORY / spec.name / str(spec.version) / ONNX_FILENAME, load_external_data=False).graph
     (tensor_in,) = graph.input
     (tensor_out,) = graph.output
     assert tensor_in.name == spec.input_name

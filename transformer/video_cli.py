@@ -28,9 +28,8 @@ from transformer.video import VideoError, VideoLimits
 from transformer.video_report import VideoReport
 from transformer.video_scoring import DEFAULT_THRESHOLD, ScoringOptions, score_video
 
-DEFAULT_MODEL = (
-    Path(__file__).resolve().parent.parent / "model_repository" / NSFW.name / "1" / ONNX_FILENAME
-)
+REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
+DEFAULT_MODEL = REPOSITORY / NSFW.name / str(NSFW.version) / ONNX_FILENAME
 
 app = typer.Typer(add_completion=False)
 

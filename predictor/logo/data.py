@@ -31,6 +31,8 @@ TEST_SHARE = 0.1
 VAL_SHARE = 0.2
 CROPS_PER_PHOTO = 64
 SYNTHETIC_PER_KIND = 300
+# Tasks handed to the render pool at a time (see render_all).
+WINDOW = 256
 
 
 @dataclass(frozen=True)
@@ -129,10 +131,13 @@ def render_all(tasks: list[Task], workers: int | None = None) -> Iterator[Render
     # spawn, not fork: the parent may already run torch/onnxruntime thread pools.
     with multiprocessing.get_context("spawn").Pool(workers or os.cpu_count()) as pool, \
             tqdm(total=total, desc="render", unit="img") as progress:
-        # Small chunks: one photo task holds CROPS_PER_PHOTO items and must not pile up on one worker.
-        for results in pool.imap(render_task, tasks, chunksize=4):
-            progress.update(len(results))
-            yield from results
+        # imap renders ahead of the consumer without limit; windows of tasks cap the images
+        # waiting in memory (all of them would be 1.8 GB while the backbone catches up).
+        for start in range(0, len(tasks), WINDOW):
+            # Small chunks: a photo task holds CROPS_PER_PHOTO items and must not pile up on one worker.
+            for results in pool.imap(render_task, tasks[start : start + WINDOW], chunksize=4):
+                progress.update(len(results))
+                yield from results
 
 
 def render_task(task: Task) -> list[Rendered]:

@@ -31,6 +31,9 @@ from predictor.logo.imaging import (
 
 WHITE: Colour = (255, 255, 255)
 BLACK: Colour = (0, 0, 0)
+# Mean difference (0-1) between a logo's opaque pixels and its background below which it
+# is as good as invisible: white "-dark" variants on white, black marks on near-black.
+MIN_CONTRAST = 0.15
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,9 @@ def render_logo(logo: LogoSvg, rng: np.random.Generator) -> tuple[bytes, dict]:
     img = _rasterise(svg, size)
     img = _pad(img, rng)
     background = _pick_background(rng, fill)
+    # Transparency is composited on white by the service, so it is judged on white.
+    if _contrast(img, background or WHITE) < MIN_CONTRAST:
+        background = max((WHITE, BLACK), key=lambda colour: _contrast(img, colour))
     if background is not None:
         img = flatten(img, background)
     data, params = encode(img, rng, jpeg_share=0.35)
@@ -83,6 +89,14 @@ def _rasterise(svg: bytes, size: int) -> Image.Image:
     if alpha.max() == 0:
         raise BlankRender("nothing visible")
     return img
+
+
+def _contrast(img: Image.Image, background: Colour) -> float:
+    rgba = np.asarray(img, dtype=np.float32)
+    opaque = rgba[..., 3] > 127
+    if not opaque.any():
+        return 0.0
+    return float(np.abs(rgba[opaque, :3] - background).max(axis=1).mean() / 255)
 
 
 def _pick_fill(logo: LogoSvg, rng: np.random.Generator) -> Colour:

@@ -1,4 +1,6 @@
-"""The logo detector: frozen ImageNet EfficientNet-Lite0 features and a trained linear head.
+"""The logo detector: ImageNet EfficientNet-Lite0 features and a trained linear head.
+
+The backbone is frozen on CPU; with a GPU its top blocks are fine-tuned (``finetune``).
 
 Input is what the transformer sends: uint8 ``[N, 224, 224, 3]`` RGB (NHWC). The cast,
 the NHWC→NCHW transpose, the normalisation and the softmax are all part of the model,
@@ -13,6 +15,7 @@ from efficientnet_lite_pytorch import EfficientNet
 from torch import nn
 
 from predictor.logo import LABELS
+
 FEATURES = 1280
 # The Lite checkpoints come from TensorFlow's EfficientNet-Lite, trained with
 # inception-style preprocessing for better quantisation: (x - 127) / 128, not the
@@ -22,7 +25,8 @@ STD = 128.0
 
 
 class Backbone(nn.Module):
-    """uint8 NHWC images → globally average-pooled Lite0 features ``[N, 1280]``, frozen."""
+    """uint8 NHWC images → globally average-pooled Lite0 features ``[N, 1280]``, frozen until
+    ``unfreeze_top``."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -37,8 +41,18 @@ class Backbone(nn.Module):
         x = (image.to(torch.float32).permute(0, 3, 1, 2) - MEAN) / STD
         return self.net.extract_features(x).mean(dim=(2, 3))
 
+    def unfreeze_top(self, blocks: int) -> None:
+        """Make the last ``blocks`` MBConv blocks and the 1x1 head convolution trainable.
+
+        Batch-norm layers stay in inference mode even then (see ``train``): only their affine
+        parameters learn, as Keras' fine-tuning guide prescribes for EfficientNet.
+        """
+        for module in (*self.net._blocks[-blocks:], self.net._conv_head, self.net._bn1):
+            module.requires_grad_(True)
+
     def train(self, mode: bool = True) -> Backbone:
-        # Frozen for good: batch-norm statistics must never be updated.
+        # Always inference mode: batch-norm statistics must never be updated from small
+        # fine-tuning batches, and drop-connect stays off.
         return super().train(False)
 
 
@@ -50,5 +64,8 @@ class LogoDetector(nn.Module):
         self.backbone = backbone or Backbone()
         self.head = nn.Linear(FEATURES, len(LABELS))
 
+    def logits(self, image: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(image))
+
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.head(self.backbone(image)), dim=1)
+        return torch.softmax(self.logits(image), dim=1)

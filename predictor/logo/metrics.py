@@ -1,0 +1,84 @@
+"""Binary metrics of the logo scores, reported the way gogologo's model card reports them.
+
+``scores`` is P(logo) per item and ``labels`` is 1 for logos. Written with numpy alone (no
+scikit-learn in the environment); ties are handled as scikit-learn does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Keras' epsilon: a confidently wrong score costs at most -log(1e-7) in the loss.
+EPSILON = 1e-7
+TARGET_PRECISION = 0.97
+
+
+def summary(scores: np.ndarray, labels: np.ndarray) -> dict:
+    """Accuracy (at 0.5), PR-AUC, ROC-AUC, loss, confusion matrix and the operating point."""
+    predicted = scores >= 0.5
+    positive = labels == 1
+    return {
+        "accuracy": round(float((predicted == positive).mean()), 5),
+        "pr_auc": round(average_precision(scores, labels), 5),
+        "roc_auc": round(roc_auc(scores, labels), 5),
+        "loss": round(log_loss(scores, labels), 5),
+        "count": int(len(labels)),
+        # rows: true out_of_domain, logo; columns: predicted out_of_domain, logo
+        "confusion": [[int((~positive & ~predicted).sum()), int((~positive & predicted).sum())],
+                      [int((positive & ~predicted).sum()), int((positive & predicted).sum())]],
+        "operating_point": operating_point(scores, labels),
+    }
+
+
+def log_loss(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Mean categorical cross-entropy of the two-class softmax, unweighted."""
+    p_true = np.where(labels == 1, scores, 1 - scores)
+    return float(-np.log(np.clip(p_true, EPSILON, 1)).mean())
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Probability that a random logo outscores a random non-logo (Mann-Whitney U, ties half)."""
+    order = np.argsort(scores, kind="stable")
+    _, first, tied = np.unique(scores[order], return_index=True, return_counts=True)
+    ranks = np.empty(len(scores))
+    ranks[order] = np.repeat(first + (tied + 1) / 2, tied)  # average 1-based rank of each tie
+    positives = labels == 1
+    n_pos, n_neg = positives.sum(), (~positives).sum()
+    return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def precision_recall(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Precision and recall of "logo if score >= t" for every distinct score t, descending."""
+    order = np.argsort(-scores, kind="stable")
+    sorted_scores, positive = scores[order], labels[order] == 1
+    last_of_tie = np.r_[np.flatnonzero(np.diff(sorted_scores)), len(scores) - 1]
+    true_pos = np.cumsum(positive)[last_of_tie]
+    predicted = last_of_tie + 1
+    return true_pos / predicted, true_pos / positive.sum(), sorted_scores[last_of_tie]
+
+
+def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """False and true positive rates for every distinct threshold, from (0, 0) to (1, 1)."""
+    order = np.argsort(-scores, kind="stable")
+    sorted_scores, positive = scores[order], labels[order] == 1
+    last_of_tie = np.r_[np.flatnonzero(np.diff(sorted_scores)), len(scores) - 1]
+    true_pos = np.cumsum(positive)[last_of_tie]
+    false_pos = last_of_tie + 1 - true_pos
+    return np.r_[0, false_pos / (~positive).sum()], np.r_[0, true_pos / positive.sum()]
+
+
+def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the PR curve as a step function (scikit-learn's average_precision_score)."""
+    precision, recall, _ = precision_recall(scores, labels)
+    return float(np.sum(np.diff(recall, prepend=0) * precision))
+
+
+def operating_point(scores: np.ndarray, labels: np.ndarray, target: float = TARGET_PRECISION) -> dict:
+    """The lowest threshold whose precision on logos is >= ``target``: the most recall it allows."""
+    precision, recall, thresholds = precision_recall(scores, labels)
+    meets = np.flatnonzero(precision >= target)
+    if not len(meets):
+        return {"target_precision": target, "threshold": None}
+    best = meets[-1]
+    return {"target_precision": target, "threshold": round(float(thresholds[best]), 5),
+            "precision": round(float(precision[best]), 5), "recall": round(float(recall[best]), 5)}
