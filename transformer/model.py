@@ -11,7 +11,6 @@ import asyncio
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from functools import partial
 
 import kserve
 import numpy as np
@@ -23,7 +22,7 @@ from transformer.commons import CommonsClient
 from transformer.config import Settings
 from transformer.decode import DecodeError, decode_image
 from transformer.errors import ItemError
-from transformer.request import Instance, parse_request
+from transformer.request import Instance, parse_request_in
 from transformer.responses import MODEL_VERSION_HEADER, error_prediction, respond
 from transformer.scoring import score
 from transformer.sources import fetch_all
@@ -79,15 +78,11 @@ class ImageModel(kserve.Model):
         return self.ready
 
     async def preprocess(self, payload: dict | bytes, headers: dict | None = None) -> Batch:
-        # Base64-decoding up to 64 MB takes ~100 ms: off the event loop, like decoding.
-        instances = await asyncio.get_running_loop().run_in_executor(
+        instances = await parse_request_in(
             self.executor,
-            partial(
-                parse_request,
-                payload,
-                max_instances=self.settings.max_instances,
-                max_bytes=self.settings.max_image_bytes,
-            ),
+            payload,
+            max_instances=self.settings.max_instances,
+            max_bytes=self.settings.max_image_bytes,
         )
         sources = await fetch_all(instances, self.commons)
         results = await asyncio.gather(*(self._prepare(source) for source in sources))

@@ -6,9 +6,12 @@ instance become that instance's ``ItemError`` so the others are still scored.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+from concurrent.futures import Executor
 from dataclasses import dataclass
+from functools import partial
 
 import orjson
 from kserve.errors import InvalidInput
@@ -42,6 +45,16 @@ def parse_request(
             f'too many instances: {len(instances)} > {max_instances} per request; split the batch'
         )
     return [_parse_instance(i, raw, max_bytes, media_key) for i, raw in enumerate(instances)]
+
+
+async def parse_request_in(
+    executor: Executor, payload: dict | bytes, **options: object
+) -> list[Instance]:
+    """``parse_request`` in ``executor``: base64-decoding a 64 MB body takes ~0.1 s, too long
+    to hold the event loop."""
+    return await asyncio.get_running_loop().run_in_executor(
+        executor, partial(parse_request, payload, **options)
+    )
 
 
 def _as_json(payload: dict | bytes) -> object:

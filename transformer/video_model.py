@@ -15,7 +15,6 @@ import asyncio
 import math
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from functools import partial
 
 import kserve
 import numpy as np
@@ -26,7 +25,7 @@ from predictor.specs import NSFW
 from transformer.commons import CommonsClient
 from transformer.config import Settings
 from transformer.errors import ItemError
-from transformer.request import Instance, parse_request
+from transformer.request import Instance, parse_request_in
 from transformer.responses import MODEL_VERSION_HEADER, error_prediction, respond
 from transformer.scoring import score
 from transformer.sources import VIDEOS, Source, download, resolve_all
@@ -76,16 +75,12 @@ class VideoModel(kserve.Model):
                 payload = orjson.loads(payload)
             except orjson.JSONDecodeError:
                 pass  # parse_request names the problem
-        # Base64-decoding up to 100 MB of video takes ~0.2 s: off the event loop.
-        instances = await asyncio.get_running_loop().run_in_executor(
+        instances = await parse_request_in(
             self.executor,
-            partial(
-                parse_request,
-                payload,
-                max_instances=self.settings.max_instances,
-                max_bytes=self.settings.max_video_bytes,
-                media_key="video",
-            ),
+            payload,
+            max_instances=self.settings.max_instances,
+            max_bytes=self.settings.max_video_bytes,
+            media_key="video",
         )
         assert isinstance(payload, dict)  # parse_request accepted it
         defaults = _options(payload, ScoringOptions(), "the request")
