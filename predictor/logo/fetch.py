@@ -36,7 +36,6 @@ class Package:
 def fetch_all(downloads: Path) -> dict[str, Package]:
     """Fetch every source package, keyed by package name."""
     npm = sources.npm_packages()
-    sources.check_not_reserved(npm, sources.DEB_PACKAGES)
     packages = {p.name: p for p in fetch_npm(downloads / "npm", npm)}
     packages.update((name, fetch_deb(downloads / "deb", name)) for name in sources.DEB_PACKAGES)
     for name, version in sources.WHEELS.items():
