@@ -41,6 +41,7 @@ from predictor import repository
 from predictor.specs import SPECS, ModelSpec
 from predictor.stack import transformer_command
 from predictor.triton_server import TritonPorts, TritonProcess
+from tests.images import encode
 from transformer.decode import decode_image
 from transformer.tensor import LOGO_MIN_SIDE, NSFW_MIN_SIDE, logo_tensor, nsfw_tensor
 
@@ -186,7 +187,7 @@ def preprocess_by_width(photo: bytes, widths=(250, 330, 500, 800, 1280)) -> dict
     table = {}
     for width in widths:
         thumb = img.resize((width, round(img.height * width / img.width)), Image.Resampling.BILINEAR)
-        data = payloads._encode(thumb, "JPEG", quality=85)
+        data = encode(thumb, "JPEG", quality=85)
         table[width] = {"bytes": len(data), **preprocess_ms(data, repeats=20)}
     return table
 

@@ -12,7 +12,6 @@ Three kinds, because decode cost dominates and depends on them:
 
 from __future__ import annotations
 
-import io
 from functools import cache
 from pathlib import Path
 
@@ -20,18 +19,13 @@ import numpy as np
 from PIL import Image
 
 from predictor.logo.sources import DEB_PACKAGES, PHOTOS
+from tests.images import encode
 from transformer.decode import decode_image
 
 ROOT = Path(__file__).resolve().parent.parent
 DEB_ROOT = ROOT / "build" / "deb"
 SIMPLE_ICONS = ROOT / "build" / "npm" / "node_modules" / "simple-icons" / "icons"
 KINDS = ("thumb", "logo", "large", "clip")
-
-
-def _encode(img: Image.Image, fmt: str, **options: object) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format=fmt, **options)
-    return buf.getvalue()
 
 
 @cache
@@ -55,7 +49,7 @@ def thumbs(count: int = 24, seed: int = 0) -> list[tuple[str, bytes]]:
         img = decode_image(data)
         width = int(rng.integers(330, 801))
         img = img.resize((width, max(1, round(img.height * width / img.width))), Image.Resampling.BILINEAR)
-        out.append((f"{name}_{i}_{width}px.jpg", _encode(img, "JPEG", quality=85)))
+        out.append((f"{name}_{i}_{width}px.jpg", encode(img, "JPEG", quality=85)))
     return out
 
 
@@ -80,7 +74,7 @@ def large(count: int = 4) -> list[tuple[str, bytes]]:
     out = [(f"{name}.jpg", data) for name, data in photos[: max(1, count - 1)]]
     name, data = photos[0]
     twelve_mp = decode_image(data).resize((4000, 3000), Image.Resampling.BICUBIC)
-    out.append((f"{name}_12MP.jpg", _encode(twelve_mp, "JPEG", quality=90)))
+    out.append((f"{name}_12MP.jpg", encode(twelve_mp, "JPEG", quality=90)))
     return out[:count]
 
 

@@ -67,15 +67,20 @@ def encode(
         stream = container.add_stream(name, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         stream.options = dict(options)
-        index = 0
-        for image, seconds in scenes:
-            frame = av.VideoFrame.from_image(image)
-            for _ in range(round(seconds * fps)):
-                frame.pts = index
-                container.mux(stream.encode(frame))
-                index += 1
-        container.mux(stream.encode(None))
+        _write_scenes(container, stream, scenes, fps)
     return out.getvalue()
+
+
+def _write_scenes(container, stream, scenes: Sequence[tuple[Image.Image, float]], fps: int) -> None:
+    """Each ``(image, seconds)`` as that many frames at ``fps``, then flush the encoder."""
+    index = 0
+    for image, seconds in scenes:
+        frame = av.VideoFrame.from_image(image)
+        for _ in range(round(seconds * fps)):
+            frame.pts = index
+            container.mux(stream.encode(frame))
+            index += 1
+    container.mux(stream.encode(None))
 
 
 def with_audio(
@@ -90,15 +95,8 @@ def with_audio(
             video.width, video.height = scenes[0][0].size
             video.pix_fmt = "yuv420p"
         audio = container.add_stream("libopus", rate=OPUS_RATE, layout="mono")
-        index = 0
-        for image, seconds in scenes:
-            frame = av.VideoFrame.from_image(image)
-            for _ in range(round(seconds * fps)):
-                frame.pts = index
-                container.mux(video.encode(frame))
-                index += 1
         if scenes:
-            container.mux(video.encode(None))
+            _write_scenes(container, video, scenes, fps)
         silence = np.zeros((1, OPUS_FRAME), np.int16)
         for index in range(round(audio_s * OPUS_RATE / OPUS_FRAME)):
             frame = av.AudioFrame.from_ndarray(silence, format="s16", layout="mono")
