@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 REPOSITORY_STAMP := build/.model_repository.stamp
 
-.PHONY: venv models serve test loadtest bench clean distclean
+.PHONY: venv models serve test loadtest soak bench gpu-bench clean distclean
 
 venv: $(STAMP)
 $(STAMP): requirements.txt
@@ -23,7 +23,7 @@ build/nsfw/model.onnx: $(STAMP) predictor/nsfw_export.py predictor/specs.py
 	$(PY) -m predictor export-nsfw --out $@
 
 models: $(REPOSITORY_STAMP)
-$(REPOSITORY_STAMP): build/logo/model.onnx build/nsfw/model.onnx predictor/specs.py predictor/repository.py predictor/backend/model.py
+$(REPOSITORY_STAMP): build/logo/model.onnx build/nsfw/model.onnx predictor/specs.py predictor/repository.py predictor/backend/model.py predictor/configs.py
 	$(PY) -m predictor build-repository --out model_repository \
 		--logo-onnx build/logo/model.onnx --nsfw-onnx build/nsfw/model.onnx
 	touch $@
@@ -39,8 +39,23 @@ test: models $(HELM)
 loadtest: models
 	$(PY) -m loadtests.run $(if $(URL),--url $(URL)) $(LOADTEST_ARGS)
 
+# `make soak`: capacity ramp, then 10 minutes at 80 % of it; fails on errors, a missed rate
+# or RSS growth. SOAK_ARGS passes options, e.g. SOAK_ARGS="--duration 60".
+soak: models
+	$(PY) -m loadtests.soak $(if $(URL),--url $(URL)) $(SOAK_ARGS)
+
 bench: models
 	$(PY) -m loadtests.bench $(BENCH_ARGS)
+
+# `make gpu-bench`: bundle the models, images and wheels a GPU machine needs (≤ 64 MiB), then
+# benchmark with GPU_PYTHON (an interpreter with CUDA PyTorch). DRY_RUN=1: CPU, seconds,
+# with this virtualenv (tests/test_gpu_bench.py). Results in $(GPU_BENCH_DIR)/results.
+GPU_BENCH_DIR ?= build/gpu-bench
+GPU_PYTHON ?= python3
+gpu-bench: models
+	$(PY) -m loadtests.gpu_bench.bundle --out $(GPU_BENCH_DIR)/bundle
+	$(if $(DRY_RUN),$(PY),$(GPU_PYTHON)) -m loadtests.gpu_bench --bundle $(GPU_BENCH_DIR)/bundle \
+		--out $(GPU_BENCH_DIR)/results $(if $(DRY_RUN),--dry-run)
 
 clean:
 	rm -rf build model_repository

@@ -22,7 +22,8 @@ COPY transformer/ transformer/
 # The transformer reads tensor names and batch limits from the model specs.
 COPY predictor/__init__.py predictor/specs.py predictor/
 # Bytecode is not written: the chart mounts the root filesystem read-only.
-ENV PATH=/opt/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+# A pod serves on all its interfaces; `make serve` keeps the default, loopback.
+ENV PATH=/opt/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 TRANSFORMER_HOST=0.0.0.0
 USER 10001:10001
 EXPOSE 8080
 ENTRYPOINT ["python", "-m", "transformer"]

@@ -249,9 +249,7 @@ def main(
         megabits = len(data) * 8 / SECONDS / 1e6
         typer.echo(f"clip: {CLIP.relative_to(ROOT)}, {size} {rate}, {megabits:.1f} Mbit/s")
     settings = load_settings()
-    limits = VideoLimits(
-        settings.max_video_duration_s, settings.max_video_pixels, settings.max_video_frames
-    )
+    limits = VideoLimits.from_settings(settings)
 
     timing = timed(lambda: decode_only(data), repeat)
     _row("decode", timing, f"{timing.result} frames")

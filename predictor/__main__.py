@@ -52,13 +52,16 @@ def serve(
     model_repository: Path = typer.Option(Path("model_repository")),
     build_dir: Path = typer.Option(Path("build")),
     http_port: int = typer.Option(8080, help="Transformer HTTP port (KServe default)."),
+    host: str = typer.Option(
+        "127.0.0.1", help="Transformer bind address; 0.0.0.0 serves other machines."
+    ),
     triton_http_port: int = 8000,
     triton_grpc_port: int = 8001,
     triton_metrics_port: int = 8002,
 ) -> None:
     """Run Triton and the transformer in the foreground until Ctrl-C (``make serve``)."""
     ports = TritonPorts(triton_http_port, triton_grpc_port, triton_metrics_port)
-    raise typer.Exit(stack.run(model_repository, build_dir, http_port, ports))
+    raise typer.Exit(stack.run(model_repository, build_dir, http_port, ports, host))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,16 @@ def _io(spec: ModelSpec, config: mc.ModelConfig) -> None:
     config.output.add(name=spec.output_name, data_type=mc.TYPE_FP32, dims=list(spec.output_dims))
 
 
+def _queue_policy(spec: ModelSpec, config: mc.ModelConfig, max_queue_size: int) -> None:
+    """Bounded queue, rejecting what waited too long: without a policy Triton's queue is
+    unbounded and requests never time out. A client may ask for a shorter timeout."""
+    policy = config.dynamic_batching.default_queue_policy
+    policy.max_queue_size = max_queue_size
+    policy.default_timeout_microseconds = spec.queue_timeout_us
+    policy.timeout_action = mc.ModelQueuePolicy.REJECT
+    policy.allow_timeout_override = True
+
+
 def _warmup(spec: ModelSpec, config: mc.ModelConfig, name: str, batch_size: int) -> None:
     """Triton runs warmups before it reports the model ready, so with ``--strict-readiness``
     a replica takes no traffic while its first requests would still be slow."""
@@ -30,6 +40,7 @@ def cpu_config(spec: ModelSpec) -> mc.ModelConfig:
     config = mc.ModelConfig(name=spec.name, backend="python", max_batch_size=spec.max_batch_size)
     _io(spec, config)
     config.dynamic_batching.max_queue_delay_microseconds = spec.max_queue_delay_us
+    _queue_policy(spec, config, spec.cpu_max_queue_size)
     config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=spec.cpu_instances)
     parameters = {
         "onnx_file": ONNX_FILENAME,
@@ -58,6 +69,7 @@ def gpu_config(
     _io(spec, config)
     config.dynamic_batching.preferred_batch_size.extend(spec.gpu_preferred_batch_sizes)
     config.dynamic_batching.max_queue_delay_microseconds = spec.gpu_max_queue_delay_us
+    _queue_policy(spec, config, spec.gpu_max_queue_size)
     config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_GPU, count=spec.gpu_instances)
     config.cc_model_filenames.update(
         engines.cc_model_filenames(compute_capabilities, tensorrt_version)

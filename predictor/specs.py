@@ -28,6 +28,14 @@ class ModelSpec:
     # Long enough to gather requests that arrive together, short next to one CPU batch
     # execution (tens of ms), so a lone request barely waits.
     max_queue_delay_us: int = 2000
+    # Queue policy (both profiles): a full queue or a request older than the timeout is
+    # rejected at once, so overload turns into fast 503s instead of unbounded memory and
+    # latency. The timeout sits below the transformer's 15 s gRPC deadline: Triton never
+    # starts work on a request whose caller has already given up.
+    queue_timeout_us: int = 10_000_000
+    # CPU: a few batches. A batch of 32 costs 0.2-0.4 CPU-seconds, so a full queue drains in
+    # a second or two and queueing adds little latency; beyond that, load is shed as 503s.
+    cpu_queue_batches: int = 4
     # CPU profile: one instance using both cores beats two instances fighting over them,
     # because ORT parallelises the convolutions of one batch well.
     cpu_instances: int = 1
@@ -40,10 +48,15 @@ class ModelSpec:
     gpu_max_queue_delay_us: int = 500
     # Two instances per GPU: one batch's host-to-device copy overlaps the other's kernels.
     gpu_instances: int = 2
+    # Two GPU instances drain a batch in milliseconds, so a deeper queue absorbs bursts
+    # and still empties long before the timeout.
+    gpu_queue_batches: int = 16
 
     def __post_init__(self) -> None:
         if not 1 <= self.gpu_opt_batch <= self.max_batch_size:
             raise ValueError(f"{self.name}: gpu_opt_batch must lie in 1..max_batch_size")
+        if self.queue_timeout_us <= 0 or min(self.cpu_queue_batches, self.gpu_queue_batches) < 1:
+            raise ValueError(f"{self.name}: queue timeout and queue batches must be positive")
 
     @property
     def output_dims(self) -> tuple[int]:
@@ -54,6 +67,15 @@ class ModelSpec:
         """The batch sizes TensorRT tuned kernels for (opt and max), so batches the dynamic
         batcher forms run on the fastest tactics."""
         return tuple(sorted({self.gpu_opt_batch, self.max_batch_size}))
+
+    @property
+    def cpu_max_queue_size(self) -> int:
+        """Requests, not images: Triton counts each queued request once, whatever its batch."""
+        return self.cpu_queue_batches * self.max_batch_size
+
+    @property
+    def gpu_max_queue_size(self) -> int:
+        return self.gpu_queue_batches * self.max_batch_size
 
 
 LOGO = ModelSpec(name="logo-detection", labels=("out_of_domain", "logo"))

@@ -1,12 +1,15 @@
 """The embedded stack behind ``make serve``: Triton, then the transformer, in the foreground.
 
 Each child's log lines are relayed with a ``[triton]`` / ``[transformer]`` prefix.
-Ctrl-C or SIGTERM stops the transformer first (no new requests), then Triton; if either
-child dies, the other is stopped and the exit code is non-zero.
+Ctrl-C or SIGTERM stops the transformer first (no new requests), then Triton. Triton is
+supervised: if it exits it is restarted on the same ports, as the kubelet would restart
+its container, and the transformer reconnects by itself. If the transformer exits,
+Triton is stopped and the exit code is non-zero.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -18,7 +21,7 @@ from pathlib import Path
 from typing import IO
 
 from predictor.specs import SPECS
-from predictor.triton_server import TritonPorts, TritonProcess, die_with_parent
+from predictor.triton_server import TritonPorts, TritonSupervisor, die_with_parent
 
 
 def _relay(prefix: str, stream: IO[bytes]) -> None:
@@ -49,9 +52,9 @@ def transformer_command(http_port: int, triton: TritonPorts) -> list[str]:
 TRANSFORMER_MODELS: tuple[str, ...] = (*(spec.name for spec in SPECS), "nsfw-video-detection")
 
 
-def transformer_ready(http_port: int) -> bool:
+def transformer_ready(http_port: int, host: str = "127.0.0.1") -> bool:
     for name in TRANSFORMER_MODELS:
-        url = f"http://127.0.0.1:{http_port}/v1/models/{name}"
+        url = f"http://{host}:{http_port}/v1/models/{name}"
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status != 200:
@@ -61,42 +64,60 @@ def transformer_ready(http_port: int) -> bool:
     return True
 
 
-def run(model_repository: Path, build_dir: Path, http_port: int, triton_ports: TritonPorts) -> int:
+def transformer_environment(host: str) -> dict[str, str]:
+    """The launcher's environment plus the transformer's bind address."""
+    return {**os.environ, "TRANSFORMER_HOST": host}
+
+
+def run(
+    model_repository: Path,
+    build_dir: Path,
+    http_port: int,
+    triton_ports: TritonPorts,
+    host: str = "127.0.0.1",
+) -> int:
     stopping = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.set())
 
-    triton = TritonProcess(model_repository, build_dir, triton_ports, output=subprocess.PIPE)
+    triton = TritonSupervisor(
+        model_repository,
+        build_dir,
+        triton_ports,
+        output=subprocess.PIPE,
+        on_start=lambda process: _relayed("triton", process),
+        log=lambda message: print(f"[serve] {message}", file=sys.stderr, flush=True),
+    )
     transformer: subprocess.Popen | None = None
     started = time.monotonic()
     try:
         triton.start()
-        _relayed("triton", triton.process)
         while not triton.ready():
-            if stopping.is_set() or triton.process.poll() is not None:
+            # Restarts cover crashes later on; a server that never gets ready is a broken
+            # repository or binary, better reported at once.
+            if stopping.is_set() or triton.restarts or triton.process.poll() is not None:
                 return _exit_code(stopping, "tritonserver exited before it was ready")
             time.sleep(0.25)
         transformer = subprocess.Popen(
             transformer_command(http_port, triton_ports),
+            env=transformer_environment(host),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
             preexec_fn=die_with_parent,
         )
         _relayed("transformer", transformer)
-        while not transformer_ready(http_port):
+        while not transformer_ready(http_port, _reachable(host)):
             if stopping.is_set() or transformer.poll() is not None:
                 return _exit_code(stopping, "the transformer exited before it was ready")
             time.sleep(0.25)
         print(
             f"[serve] ready in {time.monotonic() - started:.1f} s: "
-            f"transformer http://127.0.0.1:{http_port}, Triton http :{triton_ports.http} "
+            f"transformer http://{host}:{http_port}, Triton http :{triton_ports.http} "
             f"grpc :{triton_ports.grpc} metrics :{triton_ports.metrics}. Ctrl-C stops both.",
             flush=True,
         )
         while not stopping.wait(0.5):
-            if triton.process.poll() is not None:
-                return _exit_code(stopping, f"tritonserver exited ({triton.process.returncode})")
             if transformer.poll() is not None:
                 return _exit_code(stopping, f"the transformer exited ({transformer.returncode})")
         return 0
@@ -111,6 +132,13 @@ def run(model_repository: Path, build_dir: Path, http_port: int, triton_ports: T
                 transformer.wait()
         triton.stop()
         print("[serve] stopped", flush=True)
+
+
+def _reachable(host: str) -> str:
+    """An address to probe a server bound to ``host`` at: loopback for the wildcards."""
+    if host in ("0.0.0.0", "::", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
 
 
 def _exit_code(stopping: threading.Event, reason: str) -> int:

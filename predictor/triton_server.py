@@ -12,9 +12,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -95,6 +97,10 @@ def command(model_repository: Path, backends: Path, ports: TritonPorts) -> list[
         "--exit-on-error=true",
         "--model-control-mode=none",
         "--log-verbose=0",
+        # The transformer pings every 10 s, idle or not, to notice a dead server; by
+        # default Triton takes pings more often than every 5 min as abuse and hangs up.
+        "--grpc-keepalive-permit-without-calls=1",
+        "--grpc-http2-min-recv-ping-interval-without-data=5000",
         # A 32-image uint8 batch is 4.8 MB; start the shared-memory arena above that.
         "--backend-config=python,shm-default-byte-size=16777216",
         "--backend-config=python,shm-growth-byte-size=16777216",
@@ -165,6 +171,120 @@ class TritonProcess:
             self.process.wait()
 
     def __enter__(self) -> TritonProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+def describe_exit(returncode: int) -> str:
+    if returncode >= 0:
+        return f"exit code {returncode}"
+    try:
+        return f"killed by {signal.Signals(-returncode).name}"
+    except ValueError:
+        return f"killed by signal {-returncode}"
+
+
+def _log(message: str) -> None:
+    print(f"[triton-supervisor] {message}", file=sys.stderr, flush=True)
+
+
+class TritonSupervisor:
+    """Keeps a ``tritonserver`` running on fixed ports, restarting it whenever it exits.
+
+    This is what the kubelet does for the pod's Triton container: clients keep their
+    address and reconnect on their own. Restarts back off from ``initial_backoff_s``,
+    doubling up to ``max_backoff_s``, so a server that crashes at start-up does not spin;
+    a run that lasted ``stable_after_s`` resets the backoff. Nothing of a killed server
+    needs cleaning: its Python backend stubs exit within seconds, shared memory included.
+    """
+
+    def __init__(
+        self,
+        model_repository: Path,
+        build_dir: Path,
+        ports: TritonPorts = TritonPorts(),
+        output: IO[bytes] | int | None = None,
+        on_start: Callable[[subprocess.Popen], None] = lambda _: None,
+        log: Callable[[str], None] = _log,
+        initial_backoff_s: float = 1.0,
+        max_backoff_s: float = 10.0,
+        stable_after_s: float = 60.0,
+    ) -> None:
+        """``on_start`` sees every new process, e.g. to relay its piped output."""
+        self.triton = TritonProcess(model_repository, build_dir, ports, output)
+        self.on_start = on_start
+        self.log = log
+        self.initial_backoff_s = initial_backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.stable_after_s = stable_after_s
+        self.restarts = 0
+        self._stopping = threading.Event()
+        self._monitor = threading.Thread(
+            target=self._supervise, name="triton-supervisor", daemon=True
+        )
+
+    @property
+    def ports(self) -> TritonPorts:
+        return self.triton.ports
+
+    @property
+    def process(self) -> subprocess.Popen:
+        """The current ``tritonserver`` process; a new one after each restart."""
+        assert self.triton.process is not None, "start() first"
+        return self.triton.process
+
+    def start(self) -> None:
+        self._launch()
+        self._monitor.start()
+
+    def ready(self) -> bool:
+        return self.triton.ready()
+
+    def wait_ready(self, timeout_s: float = 120.0) -> None:
+        """Ready within ``timeout_s``, across restarts (unlike ``TritonProcess.wait_ready``)."""
+        deadline = time.monotonic() + timeout_s
+        while not self.ready():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"tritonserver not ready after {timeout_s:.0f} s")
+            time.sleep(0.25)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._monitor.is_alive():
+            self._monitor.join()
+        self.triton.stop()
+
+    def _launch(self) -> None:
+        self.triton.start()
+        self.on_start(self.process)
+
+    def _supervise(self) -> None:
+        backoff_s = self.initial_backoff_s
+        while True:
+            started = time.monotonic()
+            while self.process.poll() is None:
+                if self._stopping.wait(0.2):
+                    return
+            if self._stopping.is_set():
+                return
+            if time.monotonic() - started >= self.stable_after_s:
+                backoff_s = self.initial_backoff_s
+            self.log(
+                f"tritonserver {describe_exit(self.process.returncode)}; "
+                f"restarting in {backoff_s:g} s"
+            )
+            if self._stopping.wait(backoff_s):
+                return
+            backoff_s = min(2 * backoff_s, self.max_backoff_s)
+            self.restarts += 1
+            # Launched from this thread, the server gets PDEATHSIG when the thread ends,
+            # which happens only in stop(): still no orphan if the launcher is killed.
+            self._launch()
+
+    def __enter__(self) -> TritonSupervisor:
         self.start()
         return self
 

@@ -34,7 +34,7 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonPorts]:
+def triton_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonProcess]:
     missing = [s.name for s in SPECS if not (MODEL_REPOSITORY / s.name / "config.pbtxt").exists()]
     if missing:
         pytest.fail(f"model repository lacks {missing}: run `make models` (make test does)")
@@ -47,7 +47,12 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonPorts]:
                 process.wait_ready(timeout_s=180)
             except (RuntimeError, TimeoutError) as exc:
                 pytest.fail(f"{exc}; log:\n{log.read_text()[-3000:]}")
-            yield ports
+            yield process
+
+
+@pytest.fixture(scope="session")
+def triton(triton_server: TritonProcess) -> TritonPorts:
+    return triton_server.ports
 
 
 @pytest.fixture(scope="session")
@@ -78,9 +83,10 @@ def fake_commons(commons_files: dict[str, bytes]) -> Iterator[FakeCommons]:
 
 
 @pytest.fixture(scope="session")
-def transformer_url(
+def transformer_process(
     triton: TritonPorts, fake_commons: FakeCommons, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """The transformer's URL and process."""
     port = free_port()
     env = dict(os.environ)
     env.update(
@@ -97,13 +103,18 @@ def transformer_url(
         url = f"http://127.0.0.1:{port}"
         try:
             wait_transformer(url, process, log)
-            yield url
+            yield url, process
         finally:
             process.terminate()
             try:
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+@pytest.fixture(scope="session")
+def transformer_url(transformer_process: tuple[str, subprocess.Popen]) -> str:
+    return transformer_process[0]
 
 
 def wait_transformer(url: str, process: subprocess.Popen, log: Path) -> None:

@@ -3,10 +3,12 @@
 Tests and load tests need Commons without the internet, and a mock of our own client would
 only check that it agrees with itself. So this is a real HTTP server on 127.0.0.1 that
 answers ``action=query&prop=imageinfo&format=json&formatversion=2`` the way MediaWiki does
-(``normalized``, ``redirects``, ``missing``, ``invalid``, ``thumburl``, the 50-title
-``toomanyvalues`` error) and serves originals and Pillow-made thumbnails. Knobs inject the
-failures production sees: 5xx/429 answers, slow answers, API errors, file URLs on a
-foreign host, redirects, bodies without a Content-Length.
+(``normalized``, ``redirects``, ``missing``, ``invalid``, ``thumburl``, ``continue``, the
+50-title ``toomanyvalues`` error, ``maxlag``) and serves originals and Pillow-made
+thumbnails. Knobs inject the failures production sees: 5xx/429 answers with or without
+Retry-After, lagged replicas, slow answers, API errors, answers split into batches, file
+URLs on a foreign host, redirects, web pages instead of files, bodies without a
+Content-Length.
 
 Use it as a context manager::
 
@@ -24,12 +26,16 @@ import argparse
 import hashlib
 import io
 import json
+import math
+import mimetypes
 import re
 import sys
 import threading
 import time
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -45,6 +51,9 @@ _ILLEGAL = re.compile(r"[#<>\[\]|{}\x00-\x1f\x7f\ufffd]|%[0-9A-Fa-f]{2}")
 _THUMB_NAME = re.compile(r"(\d+)px-(.+)")
 _VIDEO_MAGIC = ((0, b"\x1a\x45\xdf\xa3", "video/webm"), (4, b"ftyp", "video/mp4"))
 _ERROR_PAGE = b"<!DOCTYPE html><html><body><h1>Error</h1><p>Our servers are busy.</p></body></html>"
+_HTML = "text/html; charset=utf-8"
+# The upload time ``iicontinue`` names; every file here has one version.
+_TIMESTAMP = "20240101000000"
 
 
 class InvalidTitle(ValueError):
@@ -100,6 +109,11 @@ class LoggedRequest:
     path: str
     params: dict[str, str]
     headers: dict[str, str]  # lower-case names
+    at: float  # time.monotonic() on arrival
+
+    @property
+    def host(self) -> str:
+        return self.headers.get("host", "")
 
 
 @dataclass(frozen=True)
@@ -108,6 +122,19 @@ class _Reply:
     body: bytes
     content_type: str
     headers: dict[str, str] = field(default_factory=dict)
+    # Sent as Retry-After when the reply goes out: delta-seconds, or an HTTP-date that far
+    # ahead (rounded up to the date's whole seconds).
+    retry_after: float | None = None
+    retry_after_date: bool = False
+
+    def all_headers(self) -> dict[str, str]:
+        if self.retry_after is None:
+            return self.headers
+        if self.retry_after_date:
+            value = formatdate(math.ceil(time.time() + self.retry_after), usegmt=True)
+        else:
+            value = str(math.ceil(self.retry_after))
+        return self.headers | {"Retry-After": value}
 
 
 @dataclass(frozen=True)
@@ -120,11 +147,12 @@ class _File:
     width: int
     height: int
     format: str | None
+    content_type: str  # what the upload host serves it as
 
     @property
     def key(self) -> str:
         """The name as it appears in upload URLs (MediaWiki's DB key)."""
-        return self.title.removeprefix("File:").replace(" ", "_")
+        return _db_key(self.title)
 
 
 class FakeCommons:
@@ -133,12 +161,22 @@ class FakeCommons:
 
     Knobs, all safe to change while it runs:
 
-    * `fail_api` / `fail_files`: the next N answers get a given status, body and headers;
+    * `fail_api` / `fail_files`: the next N answers get a given status, body, headers and
+      Retry-After (seconds or HTTP-date); status 200 serves the HTML page as if it were the
+      file;
     * `api_error`: the next N API answers are a MediaWiki error object (HTTP 200);
+    * `lag_replicas`: the next N API calls that send ``maxlag`` below the lag get MediaWiki's
+      ``maxlag`` error;
+    * ``batch_size``: at most this many pages' imageinfo per answer, the rest through
+      ``continue``/``iicontinue`` (None: all at once);
     * ``api_delay`` / ``file_delay``: seconds to wait before answering;
     * ``upload_base``: origin for the URLs in imageinfo (another host, to test allow-lists);
     * ``redirect_files_to``: files answer ``302`` to this URL;
     * ``send_content_length``: False sends file bodies without a length (read until close).
+
+    A file whose bytes are an HTML page stands for an upload host that serves a web page
+    instead of the file: listed as the media its name says, served as ``text/html``.
+    Every request is logged in `requests`, with all its parameters and headers.
     """
 
     def __init__(
@@ -158,6 +196,7 @@ class FakeCommons:
         self._thumbs: dict[tuple[str, int], bytes] = {}
         self._api_failures: list[_Reply] = []
         self._file_failures: list[_Reply] = []
+        self._lags: list[int] = []
         self._lock = threading.Lock()
         self.requests: list[LoggedRequest] = []
         self.api_delay = 0.0
@@ -165,6 +204,7 @@ class FakeCommons:
         self.upload_base: str | None = None
         self.redirect_files_to: str | None = None
         self.send_content_length = True
+        self.batch_size: int | None = None
         self._server = _Server(("127.0.0.1", port), _Handler)
         self._server.fake = self
         # A short poll keeps `shutdown` (every test's teardown) from waiting the default 0.5 s.
@@ -214,10 +254,14 @@ class FakeCommons:
         *,
         body: bytes = _ERROR_PAGE,
         headers: Mapping[str, str] | None = None,
+        retry_after: float | None = None,
+        http_date: bool = False,
     ) -> None:
-        """The next ``times`` API answers are ``status`` with an HTML ``body``."""
+        """The next ``times`` API answers are ``status`` with an HTML ``body``, asking to
+        retry after ``retry_after`` seconds (an HTTP-date with ``http_date``)."""
+        reply = _html(status, body, headers, retry_after, http_date)
         with self._lock:
-            self._api_failures += [_html(status, body, headers)] * times
+            self._api_failures += [reply] * times
 
     def fail_files(
         self,
@@ -226,10 +270,15 @@ class FakeCommons:
         *,
         body: bytes = _ERROR_PAGE,
         headers: Mapping[str, str] | None = None,
+        retry_after: float | None = None,
+        http_date: bool = False,
+        content_type: str = _HTML,
     ) -> None:
-        """The next ``times`` answers for originals or thumbnails are ``status``."""
+        """The next ``times`` answers for originals or thumbnails are ``status``, as in
+        `fail_api`; ``content_type`` may disguise the page as media."""
+        reply = _html(status, body, headers, retry_after, http_date, content_type)
         with self._lock:
-            self._file_failures += [_html(status, body, headers)] * times
+            self._file_failures += [reply] * times
 
     def api_error(self, code: str, info: str, times: int = 1) -> None:
         """The next ``times`` API answers are ``{"error": {...}}`` with HTTP 200, as MediaWiki
@@ -238,9 +287,29 @@ class FakeCommons:
         with self._lock:
             self._api_failures += [reply] * times
 
+    def lag_replicas(self, times: int = 1, lag: int = 7) -> None:
+        """The replicas lag ``lag`` seconds for the next ``times`` API calls that send a
+        ``maxlag`` below it (calls without ``maxlag`` are served, as by MediaWiki)."""
+        with self._lock:
+            self._lags += [lag] * times
+
     def _next_failure(self, queue: list[_Reply]) -> _Reply | None:
         with self._lock:
             return queue.pop(0) if queue else None
+
+    def _lagged(self, params: dict[str, str]) -> _Reply | None:
+        """MediaWiki's answer to a call whose ``maxlag`` the replicas' lag exceeds."""
+        maxlag = params.get("maxlag", "")
+        with self._lock:
+            if not (maxlag.isdigit() and self._lags and self._lags[0] > int(maxlag)):
+                return None
+            lag = self._lags.pop(0)
+        reply = _api_error(
+            "maxlag", f"Waiting for a database server: {lag} seconds lagged.", lag=lag, type="db"
+        )
+        # ApiMain asks to come back after max(maxlag, 5) seconds.
+        headers = reply.headers | {"X-Database-Lag": str(lag)}
+        return _Reply(reply.status, reply.body, reply.content_type, headers, max(int(maxlag), 5))
 
     def _api(self, params: dict[str, str]) -> _Reply:
         if failure := self._next_failure(self._api_failures):
@@ -253,6 +322,8 @@ class FakeCommons:
             return _api_error(
                 "fake-unsupported", "The fake speaks only format=json&formatversion=2."
             )
+        if lagged := self._lagged(params):
+            return lagged
         titles = params["titles"].split("|") if params.get("titles") else []
         if len(titles) > MAX_TITLES:
             return _api_error(
@@ -262,24 +333,34 @@ class FakeCommons:
                 lowlimit=MAX_TITLES,
                 highlimit=500,
             )
-        body: dict[str, Any] = {"batchcomplete": True}
+        body: dict[str, Any] = {}
         if titles:
             body["query"] = self._query(titles, params)
+            if resume := self._paginate(body["query"]["pages"], params.get("iicontinue")):
+                body["continue"] = {"iicontinue": resume, "continue": "||"}
+        if "continue" not in body:
+            body = {"batchcomplete": True, **body}
         return _json(body)
 
     def _query(self, titles: list[str], params: dict[str, str]) -> dict[str, Any]:
+        # MediaWiki composes the request's Unicode (NFC) before it parses titles and reports
+        # both steps, the first with the raw title percent-encoded: a two-hop chain.
+        composed: list[dict[str, Any]] = []
         normalized: list[dict[str, Any]] = []
         redirects: list[dict[str, str]] = []
         pages: dict[str, dict[str, Any]] = {}
         follow = "redirects" in params
         for raw in dict.fromkeys(titles):
+            nfc = unicodedata.normalize("NFC", raw)
+            if nfc != raw:
+                composed.append({"fromencoded": True, "from": quote(raw, safe=""), "to": nfc})
             try:
-                title = normalize_title(raw)
+                title = normalize_title(nfc)
             except InvalidTitle as exc:
                 pages[raw] = {"title": raw, "invalidreason": str(exc), "invalid": True}
                 continue
-            if title != raw:
-                normalized.append({"fromencoded": False, "from": raw, "to": title})
+            if title != nfc:
+                normalized.append({"fromencoded": False, "from": nfc, "to": title})
             seen: set[str] = set()
             while follow and title in self._redirects and title not in seen:
                 seen.add(title)
@@ -288,14 +369,33 @@ class FakeCommons:
                 title = self._redirects[title]
             pages[title] = self._page(title, params, follow)
         query: dict[str, Any] = {}
-        if normalized:
-            query["normalized"] = normalized
+        if composed or normalized:
+            query["normalized"] = composed + normalized
         if redirects:
             query["redirects"] = redirects
         # Like MediaWiki: pages without an id (missing, invalid) first, then by page id;
         # never in request order.
         query["pages"] = sorted(pages.values(), key=lambda p: p.get("pageid", 0))
         return query
+
+    def _paginate(self, pages: list[dict[str, Any]], iicontinue: str | None) -> str | None:
+        """Keep the imageinfo of at most `batch_size` File pages, in title order from
+        ``iicontinue``, as ApiQueryImageInfo does; the ``iicontinue`` of the rest, if any."""
+        files = sorted(
+            (p for p in pages if "imagerepository" in p), key=lambda p: _db_key(p["title"])
+        )
+        if self.batch_size is None or not files:
+            return None
+        start = iicontinue.split("|", 1)[0] if iicontinue else ""
+        todo = [p for p in files if _db_key(p["title"]) >= start]
+        batch = {p["title"] for p in todo[: self.batch_size]}
+        for page in files:
+            if page["title"] not in batch:
+                page.pop("imagerepository")
+                page.pop("imageinfo", None)
+        if len(todo) <= self.batch_size:
+            return None
+        return f"{_db_key(todo[self.batch_size]['title'])}|{_TIMESTAMP}"
 
     def _page(self, title: str, params: dict[str, str], follow: bool) -> dict[str, Any]:
         ns = 6 if title.startswith("File:") else 0
@@ -360,7 +460,7 @@ class FakeCommons:
         section, *rest = [unquote(p) for p in path.split("/")[1:]]
         file = self._by_key.get(rest[0]) if rest else None
         if file and section == "original" and len(rest) == 1:
-            return _Reply(200, file.data, file.mime)
+            return _Reply(200, file.data, file.content_type)
         if file and file.format and section == "thumb" and len(rest) == 2:
             match = _THUMB_NAME.fullmatch(rest[1])
             if match and match.group(2) == rest[0]:
@@ -385,18 +485,30 @@ def _file_title(name: str) -> str:
     return normalize_title(f"File:{name.removeprefix('File:')}")
 
 
+def _db_key(title: str) -> str:
+    """MediaWiki's DB key of a File title: no namespace, underscores for spaces."""
+    return title.removeprefix("File:").replace(" ", "_")
+
+
 def _describe(title: str, data: bytes, pageid: int) -> _File:
     """What MediaWiki would know about an upload: WebM and MP4 by their magic bytes are
-    VIDEO (served as originals only), other bytes Pillow cannot read are UNKNOWN."""
+    VIDEO (served as originals only), an HTML page is the media its name says (served as a
+    web page), other bytes Pillow cannot read are UNKNOWN."""
     try:
         with Image.open(io.BytesIO(data)) as img:
             fmt, (width, height) = img.format, img.size
     except UnidentifiedImageError:
         mime = next((m for at, magic, m in _VIDEO_MAGIC if data[at : at + len(magic)] == magic), None)
         if mime:
-            return _File(title, data, pageid, mime, "VIDEO", 0, 0, None)
-        return _File(title, data, pageid, "application/octet-stream", "UNKNOWN", 0, 0, None)
-    return _File(title, data, pageid, Image.MIME[fmt], "BITMAP", width, height, fmt)
+            return _File(title, data, pageid, mime, "VIDEO", 0, 0, None, mime)
+        if data.lstrip()[:9].lower().startswith((b"<!doctype", b"<html")):
+            mime = mimetypes.guess_type(title)[0] or "application/octet-stream"
+            mediatype = "BITMAP" if mime.startswith("image/") else "UNKNOWN"
+            return _File(title, data, pageid, mime, mediatype, 0, 0, None, _HTML)
+        mime = "application/octet-stream"
+        return _File(title, data, pageid, mime, "UNKNOWN", 0, 0, None, mime)
+    mime = Image.MIME[fmt]
+    return _File(title, data, pageid, mime, "BITMAP", width, height, fmt, mime)
 
 
 def _scaled_height(file: _File, width: int) -> int:
@@ -404,8 +516,15 @@ def _scaled_height(file: _File, width: int) -> int:
     return max(1, round(file.height * width / file.width))
 
 
-def _html(status: int, body: bytes, headers: Mapping[str, str] | None) -> _Reply:
-    return _Reply(status, body, "text/html; charset=utf-8", dict(headers or {}))
+def _html(
+    status: int,
+    body: bytes,
+    headers: Mapping[str, str] | None,
+    retry_after: float | None = None,
+    http_date: bool = False,
+    content_type: str = _HTML,
+) -> _Reply:
+    return _Reply(status, body, content_type, dict(headers or {}), retry_after, http_date)
 
 
 def _json(body: dict[str, Any], headers: dict[str, str] | None = None) -> _Reply:
@@ -450,13 +569,15 @@ class _Handler(BaseHTTPRequestHandler):
         if self.headers.get_content_type() == "application/x-www-form-urlencoded":
             params.update(parse_qsl(body.decode(), keep_blank_values=True))
         headers = {name.lower(): value for name, value in self.headers.items()}
-        fake.requests.append(LoggedRequest(self.command, url.path, params, headers))
+        fake.requests.append(
+            LoggedRequest(self.command, url.path, params, headers, time.monotonic())
+        )
         is_api = url.path == API_PATH
         time.sleep(fake.api_delay if is_api else fake.file_delay)
         reply = fake._api(params) if is_api else fake._file(url.path)
         self.send_response(reply.status)
         self.send_header("Content-Type", reply.content_type)
-        for name, value in reply.headers.items():
+        for name, value in reply.all_headers().items():
             self.send_header(name, value)
         if is_api or fake.send_content_length:
             self.send_header("Content-Length", str(len(reply.body)))

@@ -6,7 +6,11 @@ models give scores away from 0 and 1 and a preprocessing slip shows up as a scor
 
 from __future__ import annotations
 
+import functools
 import io
+import math
+import struct
+import zlib
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -96,3 +100,148 @@ def special_files() -> list[tuple[str, bytes]]:
 def decompression_bomb(pixels_side: int = 12_000) -> bytes:
     """A ~20 KB PNG that would decode to 144 MP (1-bit, all zero)."""
     return encode(Image.new("1", (pixels_side, pixels_side)), "PNG", optimize=True)
+
+
+# --- hostile images: small files that would decode to far more memory than they weigh ----
+
+
+def truncated(data: bytes, keep: float = 0.6) -> bytes:
+    """The first ``keep`` share of ``data``: a file cut short in transfer."""
+    return data[: max(1, int(len(data) * keep))]
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def _zeros_deflated(row_bytes: int, rows: int) -> bytes:
+    """zlib data of ``rows`` × ``row_bytes`` zero bytes, compressed a row at a time so the
+    generator itself never holds the image."""
+    compressor = zlib.compressobj(9)
+    row = bytes(row_bytes)
+    return b"".join(compressor.compress(row) for _ in range(rows)) + compressor.flush()
+
+
+# PNG colour type → channels.
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+
+
+@functools.cache
+def giant_png(width: int, height: int, *, bit_depth: int = 16, colour_type: int = 0) -> bytes:
+    """An all-zero PNG, built chunk by chunk: 7000×7000 16-bit grey (the default colour
+    type) is about 110 KB and decodes to 98 MB in Pillow's I;16 mode. Colour type 3 gets a
+    palette with a transparent entry (Pillow's P with transparency → RGBA)."""
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    row_bytes = 1 + math.ceil(width * _PNG_CHANNELS[colour_type] * bit_depth / 8)
+    chunks = [_png_chunk(b"IHDR", header)]
+    if colour_type == 3:
+        chunks += [_png_chunk(b"PLTE", bytes(range(48))), _png_chunk(b"tRNS", b"\0")]
+    chunks += [_png_chunk(b"IDAT", _zeros_deflated(row_bytes, height)), _png_chunk(b"IEND", b"")]
+    return b"\x89PNG\r\n\x1a\n" + b"".join(chunks)
+
+
+def sixteen_bit_png(side: int = 7000) -> bytes:
+    """A ~110 KB 16-bit greyscale PNG of ``side``² pixels (2 bytes each once decoded)."""
+    return giant_png(side, side, bit_depth=16, colour_type=0)
+
+
+def palette_png(side: int = 7000) -> bytes:
+    """A palette PNG with transparency of ``side``² pixels: composited via RGBA."""
+    return giant_png(side, side, bit_depth=8, colour_type=3)
+
+
+def rgba_png(side: int = 7000) -> bytes:
+    """An RGBA PNG of ``side``² pixels, all transparent."""
+    return giant_png(side, side, bit_depth=8, colour_type=6)
+
+
+@functools.cache
+def giant_tiff(
+    width: int,
+    height: int,
+    *,
+    bits: int,
+    samples: int = 1,
+    sample_format: int = 1,
+    photometric: int = 1,
+) -> bytes:
+    """An all-zero, deflate-compressed, single-strip TIFF: libtiff decodes the whole strip
+    into one buffer. ``sample_format`` 1 is unsigned, 2 signed, 3 float; ``photometric`` 1
+    is greyscale, 5 CMYK."""
+    strip = _zeros_deflated(math.ceil(width * bits * samples / 8), height)
+    arrays = struct.pack(f"<{samples}H", *[bits] * samples) + struct.pack(
+        f"<{samples}H", *[sample_format] * samples
+    )
+    ifd_at = 8 + len(strip) + len(arrays)
+    ifd_at += ifd_at % 2
+    bits_at, format_at = 8 + len(strip), 8 + len(strip) + 2 * samples
+
+    def short_array(at: int, value: int) -> tuple[int, int, int]:
+        return (3, samples, value if samples <= 2 else at)  # two SHORTs fit in the entry
+
+    entries = [
+        (256, 4, 1, width),
+        (257, 4, 1, height),
+        (258, *short_array(bits_at, bits | (bits << 16) if samples == 2 else bits)),
+        (259, 3, 1, 8),  # deflate
+        (262, 3, 1, photometric),
+        (273, 4, 1, 8),
+        (277, 3, 1, samples),
+        (278, 4, 1, height),
+        (279, 4, 1, len(strip)),
+        (284, 3, 1, 1),
+        (339, *short_array(format_at, sample_format)),
+    ]
+    ifd = struct.pack("<H", len(entries)) + b"".join(
+        struct.pack("<HHII", tag, kind, count, value) for tag, kind, count, value in entries
+    ) + struct.pack("<I", 0)
+    body = strip + arrays
+    return b"II*\0" + struct.pack("<I", ifd_at) + body + bytes(ifd_at - 8 - len(body)) + ifd
+
+
+def float_tiff(side: int = 7000) -> bytes:
+    """A 32-bit float greyscale TIFF (Pillow's F: 4 bytes a pixel) of ``side``² pixels."""
+    return giant_tiff(side, side, bits=32, sample_format=3)
+
+
+def int32_tiff(side: int = 7000) -> bytes:
+    """A 32-bit signed greyscale TIFF (Pillow's I) of ``side``² pixels."""
+    return giant_tiff(side, side, bits=32, sample_format=2)
+
+
+def cmyk_tiff(side: int = 7000) -> bytes:
+    """An 8-bit CMYK TIFF of ``side``² pixels."""
+    return giant_tiff(side, side, bits=8, samples=4, photometric=5)
+
+
+def progressive_jpeg_header(width: int = 7000, height: int = 7000) -> bytes:
+    """A small progressive JPEG whose frame header claims ``width``×``height``: libjpeg
+    would allocate every DCT coefficient of that size before reading a scan."""
+    data = bytearray(encode(photo(64, 48, 7), "JPEG", progressive=True))
+    sof = data.index(b"\xff\xc2")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def later_frame_giant_tiff(side: int = 7000) -> bytes:
+    """A two-page TIFF: a 64×48 first page, then a float page of ``side``² pixels. Still
+    images use the first frame, so the second must never be read."""
+    first = encode(photo(64, 48, 8), "TIFF")
+    giant = giant_tiff(side, side, bits=32, sample_format=3)
+    # Chain the giant's IFD after the first page's: shift its offsets past the first file.
+    shift = len(first) - 8
+    first_ifd = struct.unpack_from("<I", first, 4)[0]
+    count = struct.unpack_from("<H", first, first_ifd)[0]
+    next_at = first_ifd + 2 + 12 * count
+    giant_ifd = struct.unpack_from("<I", giant, 4)[0]
+    body = bytearray(giant[8:])
+    ifd = giant_ifd - 8
+    entries = struct.unpack_from("<H", body, ifd)[0]
+    for index in range(entries):
+        at = ifd + 2 + 12 * index
+        tag, kind, entry_count, value = struct.unpack_from("<HHII", body, at)
+        if tag == 273 or (kind == 3 and entry_count > 2):
+            struct.pack_into("<I", body, at + 8, value + shift)
+    merged = bytearray(first) + body
+    struct.pack_into("<I", merged, next_at, giant_ifd + shift)
+    return bytes(merged)

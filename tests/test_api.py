@@ -1,4 +1,4 @@
-"""The transformer over HTTP, on the real Triton and the fake Commons: BRIEF §2's contract."""
+"""The transformer over HTTP, on the real Triton and the fake Commons: the public contract."""
 
 from __future__ import annotations
 
@@ -132,8 +132,8 @@ def test_mixed_good_and_bad_items_keep_request_order(client: httpx.Client, jpeg:
 @pytest.mark.parametrize(
     ("content", "needle"),
     [
-        # KServe parses JSON bodies itself and names the syntax error.
-        (b'{"instances": [', "Unrecognized request format: unexpected end of data"),
+        # Parsed by us, in a thread, never by KServe on the event loop.
+        (b'{"instances": [', "the request body is not valid JSON: unexpected end of data"),
         (b"[1, 2, 3]", '"instances"'),
         (b'{"instances": {"image": "x"}}', "must be a list"),
         (b'{"instances": []}', "empty"),

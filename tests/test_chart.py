@@ -161,6 +161,12 @@ def test_inference_service_wiring(values_set: str) -> None:
     assert env["COMMONS_USER_AGENT"] == commons["user_agent"]
     assert json.loads(env["COMMONS_UPLOAD_HOSTS"]) == commons["upload_hosts"]
     assert proxy["readinessProbe"]["httpGet"]["path"] == "/v1/models/logo-detection"
+    admission = config["inference"]["transformer"]["admission"]
+    assert env["TRANSFORMER_HOST"] == "0.0.0.0"
+    assert transformer["containerConcurrency"] == admission["max_inflight_requests"]
+    assert int(env["MAX_INFLIGHT_REQUESTS"]) == admission["max_inflight_requests"]
+    assert int(env["MAX_INFLIGHT_BODY_BYTES"]) == admission["max_inflight_body_bytes"]
+    assert float(env["REQUEST_DEADLINE_S"]) < transformer["timeout"]
 
     for component, container in ((predictor, triton), (transformer, proxy)):
         annotations = component["annotations"]
@@ -277,6 +283,11 @@ def test_bad_values_fail_lint_through_the_schema(
             "inference.transformer.custom_env",
             [{"name": "COMMONS_API_URL", "value": "https://example.org/w/api.php"}],
             "COMMONS_API_URL is set by the chart",
+        ),
+        (
+            "inference.transformer.admission.request_deadline_s",
+            600,
+            "request_deadline_s must be below config.timeout",
         ),
     ],
 )

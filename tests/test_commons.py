@@ -2,18 +2,34 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import random
 import socket
 import time
+import unicodedata
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
 from PIL import Image
 
-from tests.fake_commons import FakeCommons, image_bytes
-from transformer.commons import CommonsClient, CommonsFile, CommonsUnavailable, ItemError
+from tests.fake_commons import FakeCommons, LoggedRequest, image_bytes
+from transformer import commons
+from transformer.commons import (
+    MAX_CONTINUATIONS,
+    CommonsClient,
+    CommonsFile,
+    CommonsUnavailable,
+    DeadlineExceeded,
+    ItemError,
+)
+from transformer.config import Settings
+from transformer.request import Instance
+from transformer.sources import commons_client, fetch_all
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(30)]
 
@@ -27,6 +43,9 @@ FILES = {
     "Very wide.jpg": image_bytes(4000, 300),
     "Small.png": image_bytes(100, 80, "PNG"),
     "Not an image.bin": b"not an image",
+    "Crème brûlée.jpg": image_bytes(400, 300),
+    # Listed as a JPEG; the upload host serves a web page instead.
+    "Not really an image.jpg": b"<html>this is not an image</html>",
 }
 REDIRECTS = {"Old name.jpg": "Portrait.jpg"}
 
@@ -51,9 +70,19 @@ def ok(result: CommonsFile | ItemError) -> CommonsFile:
     return result
 
 
-def error_code(result: CommonsFile | ItemError) -> str:
+def error_code(result: CommonsFile | ItemError | bytes) -> str:
     assert isinstance(result, ItemError), result
     return result.code
+
+
+def gaps(requests: list[LoggedRequest]) -> list[float]:
+    """Seconds between consecutive requests' arrivals."""
+    return [b.at - a.at for a, b in zip(requests, requests[1:])]
+
+
+def in_seconds(seconds: float) -> float:
+    """A deadline ``seconds`` from now."""
+    return asyncio.get_running_loop().time() + seconds
 
 
 # --- resolving names -------------------------------------------------------------------
@@ -240,6 +269,7 @@ async def test_user_agent_and_query_parameters_are_sent(fake: FakeCommons) -> No
         "redirects": "1",
         "format": "json",
         "formatversion": "2",
+        "maxlag": "5",
     }
 
 
@@ -375,3 +405,333 @@ async def test_fetch_retries_then_raises_on_upload_outage(fake: FakeCommons) -> 
             await client.fetch(ok(file))
     assert raised.value.status == 502
     assert len(fake.file_requests) == 6
+
+
+
+# --- Retry-After, backoff and deadlines ------------------------------------------------------
+
+
+@pytest.mark.parametrize(("status", "http_date"), [(503, False), (429, True)])
+async def test_retry_after_is_honoured_in_both_forms(
+    fake: FakeCommons, status: int, http_date: bool
+) -> None:
+    fake.fail_api(1, status, retry_after=1, http_date=http_date)
+    async with client_for(fake, max_retry_after=5) as client:
+        (file,) = await client.resolve(["Portrait.jpg"])
+    assert ok(file).title == "File:Portrait.jpg"
+    (pause,) = gaps(fake.api_requests)
+    # An HTTP-date counts whole seconds, so the fake rounds its date up by up to 1 s.
+    assert 0.95 <= pause < (2.5 if http_date else 1.5)
+
+
+async def test_retry_after_is_honoured_for_downloads(fake: FakeCommons) -> None:
+    async with client_for(fake, max_retry_after=5) as client:
+        (file,) = await client.resolve(["Portrait.jpg"])
+        fake.fail_files(1, 503, retry_after=1, http_date=True)
+        assert isinstance(await client.fetch(ok(file)), bytes)
+    (pause,) = gaps(fake.file_requests)
+    assert 0.95 <= pause < 2.5
+
+
+async def test_backoff_is_exponential_with_full_jitter(
+    fake: FakeCommons, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    drawn: list[tuple[float, float, float]] = []
+
+    def uniform(low: float, high: float) -> float:
+        value = real_uniform(low, high)
+        drawn.append((low, high, value))
+        return value
+
+    real_uniform = random.uniform
+    monkeypatch.setattr(commons.random, "uniform", uniform)
+    fake.fail_api(3, 500)
+    async with client_for(fake, backoff=0.2, retries=3) as client:
+        await client.resolve(["Portrait.jpg"])
+    assert [(low, high) for low, high, _ in drawn] == [(0, 0.2), (0, 0.4), (0, 0.8)]
+    for (_, high, value), pause in zip(drawn, gaps(fake.api_requests), strict=True):
+        assert 0 <= value <= high
+        assert value <= pause < value + 0.2
+
+
+async def test_a_deadline_cuts_a_retry_loop_short(fake: FakeCommons) -> None:
+    fake.fail_api(10, 503)
+    fake.api_delay = 0.4
+    start = time.monotonic()
+    async with client_for(fake, retries=5) as client:
+        with pytest.raises(DeadlineExceeded) as raised:
+            await client.resolve(["Portrait.jpg"], deadline=in_seconds(1.0))
+    assert 1.0 <= time.monotonic() - start < 1.5
+    assert raised.value.status == 504
+    assert "deadline" in raised.value.message
+    assert len(fake.api_requests) == 3  # the third is cut off; retries would allow six
+
+
+async def test_no_pause_is_taken_that_would_end_after_the_deadline(
+    fake: FakeCommons, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(commons.random, "uniform", lambda low, high: high)
+    fake.fail_api(1, 500)
+    start = time.monotonic()
+    async with client_for(fake, backoff=10.0) as client:
+        with pytest.raises(DeadlineExceeded) as raised:
+            await client.resolve(["Portrait.jpg"], deadline=in_seconds(2.0))
+    assert time.monotonic() - start < 0.5
+    assert "500" in raised.value.message
+    assert len(fake.api_requests) == 1
+
+
+@pytest.mark.parametrize("http_date", [False, True])
+async def test_a_retry_after_beyond_the_deadline_fails_at_once(
+    fake: FakeCommons, http_date: bool
+) -> None:
+    fake.fail_api(1, 429, retry_after=30, http_date=http_date)
+    start = time.monotonic()
+    async with client_for(fake) as client:
+        with pytest.raises(CommonsUnavailable) as raised:
+            await client.resolve(["Portrait.jpg"], deadline=in_seconds(2.0))
+    assert time.monotonic() - start < 0.5
+    assert not isinstance(raised.value, DeadlineExceeded)
+    assert raised.value.status == 503
+    assert "asked to retry after 3" in raised.value.message  # 30 s, or 30–31 s as a date
+    assert len(fake.api_requests) == 1
+
+
+async def test_a_slow_answer_is_cut_at_the_deadline(fake: FakeCommons) -> None:
+    fake.api_delay = 2.0
+    start = time.monotonic()
+    async with client_for(fake) as client:
+        with pytest.raises(DeadlineExceeded):
+            await client.resolve(["Portrait.jpg"], deadline=in_seconds(0.3))
+    assert time.monotonic() - start < 0.8
+
+
+async def test_the_deadline_covers_the_wider_lookups(fake: FakeCommons) -> None:
+    fake.api_delay = 0.3
+    async with client_for(fake) as client:
+        with pytest.raises(DeadlineExceeded):
+            await client.resolve(["Panorama.jpg"], deadline=in_seconds(0.45))
+    assert [r.params["iiurlwidth"] for r in fake.api_requests] == ["330", "1280"]
+
+
+async def test_a_passed_deadline_sends_nothing(fake: FakeCommons) -> None:
+    async with client_for(fake) as client:
+        with pytest.raises(DeadlineExceeded):
+            await client.resolve(["Portrait.jpg"], deadline=in_seconds(-1))
+    assert fake.requests == []
+
+
+async def test_the_deadline_bounds_downloads(fake: FakeCommons) -> None:
+    async with client_for(fake) as client:
+        (file,) = await client.resolve(["Portrait.jpg"])
+        fake.file_delay = 2.0
+        start = time.monotonic()
+        with pytest.raises(DeadlineExceeded):
+            await client.fetch(ok(file), deadline=in_seconds(0.3))
+    assert time.monotonic() - start < 0.8
+
+
+async def test_fetch_all_reports_the_deadline_per_looked_up_item(fake: FakeCommons) -> None:
+    inline = Instance("inline.jpg", None, data=b"inline bytes")
+    looked_up = Instance("Portrait.jpg", None)
+    async with client_for(fake) as client:
+        fake.file_delay = 2.0
+        start = time.monotonic()
+        results = await fetch_all([inline, looked_up], client, deadline=in_seconds(0.5))
+    assert time.monotonic() - start < 1.0
+    assert results[0] == b"inline bytes"
+    error = results[1]
+    assert isinstance(error, ItemError)
+    assert (error.code, error.status) == ("deadline_exceeded", 504)
+    assert "deadline" in error.message
+
+
+# --- maxlag ----------------------------------------------------------------------------------
+
+
+async def test_maxlag_errors_are_retried_after_retry_after(fake: FakeCommons) -> None:
+    fake.lag_replicas(2, lag=7)
+    # MediaWiki asks for 5 s; the cap keeps the test short, and the backoff is far shorter.
+    async with client_for(fake, max_retry_after=0.3) as client:
+        (file,) = await client.resolve(["Portrait.jpg"])
+    assert ok(file).title == "File:Portrait.jpg"
+    assert len(fake.api_requests) == 3
+    assert all(0.3 <= pause < 0.8 for pause in gaps(fake.api_requests))
+
+
+async def test_exhausted_maxlag_retries_raise_503(fake: FakeCommons) -> None:
+    fake.lag_replicas(3, lag=7)
+    async with client_for(fake, max_retry_after=0.01) as client:
+        with pytest.raises(CommonsUnavailable) as raised:
+            await client.resolve(["Portrait.jpg"])
+    assert raised.value.status == 503
+    assert "lag 7 s" in raised.value.message
+
+
+async def test_a_maxlag_retry_after_beyond_the_deadline_fails_at_once(fake: FakeCommons) -> None:
+    fake.lag_replicas(1, lag=7)
+    async with client_for(fake) as client:
+        with pytest.raises(CommonsUnavailable) as raised:
+            await client.resolve(["Portrait.jpg"], deadline=in_seconds(2.0))
+    assert raised.value.status == 503
+    assert "asked to retry after 5 s" in raised.value.message
+    assert len(fake.api_requests) == 1
+
+
+async def test_maxlag_zero_sends_none(fake: FakeCommons) -> None:
+    fake.lag_replicas(1, lag=7)
+    async with client_for(fake, maxlag=0) as client:
+        (file,) = await client.resolve(["Portrait.jpg"])
+    assert ok(file).title == "File:Portrait.jpg"
+    (request,) = fake.api_requests
+    assert "maxlag" not in request.params
+
+
+# --- web pages instead of media -------------------------------------------------------------
+
+LONG_PAGE = b"<html><body>" + b"<p>busy</p>" * 10_000 + b"</body></html>"
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("text/html; charset=utf-8", b"<!DOCTYPE html><html><body>Busy</body></html>"),
+        ("text/plain", b"Error"),
+        ("application/json", b'{"error": "busy"}'),
+        ("image/jpeg", b"\r\n  <!doctype html><html><body>Busy</body></html>"),
+        ("image/jpeg", b"<HTML><BODY>Busy</BODY></HTML>"),
+        ("image/jpeg", LONG_PAGE),
+    ],
+)
+async def test_a_web_page_instead_of_the_file_is_an_upstream_error(
+    fake: FakeCommons, content_type: str, body: bytes
+) -> None:
+    async with client_for(fake) as client:
+        (file,) = await client.resolve(["Portrait.jpg"])
+        fake.fail_files(1, 200, body=body, content_type=content_type)
+        result = await client.fetch(ok(file))
+    assert error_code(result) == "fetch_failed"
+    assert isinstance(result, ItemError) and result.status == 502
+    assert "127.0.0.1" in result.message
+    assert content_type in result.message
+    assert len(fake.file_requests) == 1
+
+
+async def test_a_file_served_as_a_web_page_fails_as_upstream(fake: FakeCommons) -> None:
+    async with client_for(fake) as client:
+        (file,) = await client.resolve(["Not really an image.jpg"])
+        assert (ok(file).mime, ok(file).mediatype) == ("image/jpeg", "BITMAP")
+        (result,) = await fetch_all([Instance("Not really an image.jpg", None)], client)
+    assert isinstance(result, ItemError)
+    assert (result.code, result.status) == ("fetch_failed", 502)
+    assert "text/html" in result.message
+
+
+# --- continuation and normalisation ---------------------------------------------------------
+
+
+@pytest.fixture
+def many() -> Iterator[FakeCommons]:
+    files = {f"Item {i:02d}.png": image_bytes(40, 30, "PNG") for i in range(45)}
+    with FakeCommons(files, {"Old item.png": "Item 07.png"}) as server:
+        yield server
+
+
+async def test_continue_is_followed_and_batches_merged(many: FakeCommons) -> None:
+    many.batch_size = 16
+    names = [f"Item_{i:02d}.png" for i in range(45)] + ["Old_item.png"]
+    names += [f"Gone {i}.png" for i in range(4)]
+    async with client_for(many) as client:
+        results = await client.resolve(names)
+    assert len(names) == 50
+    assert [ok(r).title for r in results[:45]] == [f"File:Item {i:02d}.png" for i in range(45)]
+    assert ok(results[45]).title == "File:Item 07.png"
+    assert {error_code(r) for r in results[46:]} == {"file_not_found"}
+    # 45 files and 4 missing ones in 16s: four answers, each continuing the previous one.
+    requests = many.api_requests
+    assert len(requests) == 4
+    assert "iicontinue" not in requests[0].params
+    for request in requests[1:]:
+        assert request.params["continue"] == "||"
+        assert request.params["titles"] == requests[0].params["titles"]
+    assert len({r.params["iicontinue"] for r in requests[1:]}) == 3
+
+
+async def test_endless_continuation_is_cut_off(many: FakeCommons) -> None:
+    many.batch_size = 1
+    async with client_for(many) as client:
+        with pytest.raises(CommonsUnavailable) as raised:
+            await client.resolve([f"Item {i:02d}.png" for i in range(45)])
+    assert raised.value.status == 502
+    assert "continue" in raised.value.message
+    assert len(many.api_requests) == MAX_CONTINUATIONS + 1
+
+
+async def test_two_hop_normalisation_is_followed(fake: FakeCommons) -> None:
+    """MediaWiki reports composing a decomposed title and then its spelling as two hops."""
+    sent = unicodedata.normalize("NFD", "file:Crème_brûlée.jpg")
+    params = {
+        "action": "query",
+        "prop": "imageinfo",
+        "iiprop": commons.IIPROP,
+        "titles": sent,
+        "format": "json",
+        "formatversion": "2",
+    }
+    async with httpx.AsyncClient() as http:
+        query = (await http.post(fake.api_url, data=params)).json()["query"]
+    composed = unicodedata.normalize("NFC", sent)
+    assert query["normalized"] == [
+        {"fromencoded": True, "from": quote(sent, safe=""), "to": composed},
+        {"fromencoded": False, "from": composed, "to": "File:Crème brûlée.jpg"},
+    ]
+    assert ok(commons._match([sent], [query])[sent]).title == "File:Crème brûlée.jpg"
+    # Our client composes names before sending them: one hop.
+    async with client_for(fake) as client:
+        (file,) = await client.resolve([sent])
+    assert ok(file).title == "File:Crème brûlée.jpg"
+
+
+# --- Host header and settings ---------------------------------------------------------------
+
+
+async def test_the_host_header_goes_to_the_api_only(fake: FakeCommons) -> None:
+    async with client_for(fake, api_host_header="commons.wikimedia.org") as client:
+        files = [ok(r) for r in await client.resolve(["Portrait.jpg", "Panorama.jpg"])]
+        for file in files:
+            assert isinstance(await client.fetch(file), bytes)
+    own_host = httpx.URL(fake.base_url).netloc.decode()
+    assert {r.host for r in fake.api_requests} == {"commons.wikimedia.org"}
+    assert {r.host for r in fake.file_requests} == {own_host}
+
+
+async def test_settings_reach_the_client(fake: FakeCommons) -> None:
+    settings = Settings(
+        commons_api_url=fake.api_url,
+        commons_upload_hosts=(),
+        commons_api_host_header="commons.wikimedia.org",
+        commons_maxlag=3,
+        commons_max_retry_after_s=0.2,
+    )
+    fake.fail_api(1, 503, retry_after=60)
+    async with commons_client(settings) as client:
+        (file,) = await client.resolve(["Portrait.jpg"])
+    assert ok(file).title == "File:Portrait.jpg"
+    assert {(r.host, r.params["maxlag"]) for r in fake.api_requests} == {
+        ("commons.wikimedia.org", "3")
+    }
+    assert gaps(fake.api_requests)[0] < 1
+
+
+async def test_upload_hosts_are_also_allowed_over_https(fake: FakeCommons) -> None:
+    """An internal API is plain HTTP, yet the file URLs it lists are HTTPS."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    async with client_for(fake, upload_hosts=(f"127.0.0.1:{port}",), retries=0) as client:
+        (file,) = await client.resolve(["Portrait.jpg"])
+        elsewhere = replace(ok(file), url=f"https://127.0.0.1:{port}/original/Portrait.jpg")
+        with pytest.raises(CommonsUnavailable):  # fetched (nothing listens), not refused
+            await client.fetch(elsewhere)
+        elsewhere = replace(elsewhere, url=f"https://127.0.0.1:{port + 1}/original/Portrait.jpg")
+        assert error_code(await client.fetch(elsewhere)) == "url_not_allowed"

@@ -21,6 +21,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from predictor import engines, repository
 from predictor.configs import cpu_config, gpu_config, render
 from predictor.specs import ONNX_FILENAME, SPECS, ModelSpec
+from transformer.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_REPOSITORY = ROOT / "model_repository"
@@ -49,6 +50,44 @@ def gpu_repository(tmp_path: Path) -> Path:
 def test_config_parses_strictly_into_model_config(spec: ModelSpec, profile: str) -> None:
     config = PROFILES[profile](spec)
     assert text_format.Parse(render(config), mc.ModelConfig()) == config
+
+
+QUEUE_SIZES: dict[str, Callable[[ModelSpec], int]] = {
+    "cpu": lambda spec: spec.cpu_max_queue_size,
+    "gpu": lambda spec: spec.gpu_max_queue_size,
+}
+TRANSFORMER_TRITON_TIMEOUT_US = Settings.model_fields["triton_timeout_s"].default * 1e6
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+def test_queue_is_bounded_and_rejects_stale_requests(spec: ModelSpec, profile: str) -> None:
+    parsed = text_format.Parse(render(PROFILES[profile](spec)), mc.ModelConfig())
+    policy = parsed.dynamic_batching.default_queue_policy
+    assert parsed.dynamic_batching.HasField("default_queue_policy")
+    assert policy.max_queue_size == QUEUE_SIZES[profile](spec)
+    # At least one full batch fits, so the batcher can still form max-size batches.
+    assert policy.max_queue_size >= spec.max_batch_size
+    assert policy.default_timeout_microseconds == spec.queue_timeout_us
+    # Below the transformer's deadline: Triton drops what its caller no longer waits for.
+    assert 0 < policy.default_timeout_microseconds < TRANSFORMER_TRITON_TIMEOUT_US
+    assert policy.timeout_action == mc.ModelQueuePolicy.REJECT
+    assert policy.allow_timeout_override
+
+
+def test_queue_policy_comes_from_the_spec() -> None:
+    spec = ModelSpec(
+        name="x", labels=("a", "b"), max_batch_size=8, gpu_opt_batch=4,
+        queue_timeout_us=3_000_000, cpu_queue_batches=2, gpu_queue_batches=5,
+    )
+    cpu = cpu_config(spec).dynamic_batching.default_queue_policy
+    gpu = gpu_config(spec).dynamic_batching.default_queue_policy
+    assert (cpu.max_queue_size, gpu.max_queue_size) == (16, 40)
+    assert cpu.default_timeout_microseconds == gpu.default_timeout_microseconds == 3_000_000
+    with pytest.raises(ValueError, match="queue"):
+        ModelSpec(name="x", labels=("a", "b"), gpu_opt_batch=4, cpu_queue_batches=0)
+    with pytest.raises(ValueError, match="queue"):
+        ModelSpec(name="x", labels=("a", "b"), gpu_opt_batch=4, queue_timeout_us=0)
 
 
 def test_strict_parse_rejects_unknown_fields() -> None:

@@ -5,6 +5,10 @@ from __future__ import annotations
 import base64
 import os
 import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import pytest
@@ -41,6 +45,7 @@ def test_commons_outage_for_every_item_is_5xx(
     response = client.post(LOGO, json={"instances": [{"filename": "Kanion Co.png"}]})
     assert response.status_code == expected, response.text
     assert "Commons" in response.json()["error"]
+    assert ("retry-after" in response.headers) == (expected == 503)
 
 
 def test_commons_timeout_is_504(client: httpx.Client, fake_commons) -> None:
@@ -52,20 +57,89 @@ def test_commons_timeout_is_504(client: httpx.Client, fake_commons) -> None:
     assert response.status_code == 504, response.text
 
 
-def test_triton_down_is_503(fake_commons, tmp_path) -> None:
-    dead = TritonPorts(http=free_port(), grpc=free_port(), metrics=free_port())
+def test_a_web_page_instead_of_a_file_is_502(client: httpx.Client, fake_commons) -> None:
+    """The fake's upload host serves this one as an HTML page: Commons' fault, not corrupt."""
+    alone = client.post(LOGO, json={"instances": [{"filename": "Not really an image.jpg"}]})
+    assert alone.status_code == 502, alone.text
+    assert "text/html" in alone.json()["error"]
+    mixed = client.post(
+        LOGO, json={"instances": [inline(), {"filename": "Not really an image.jpg"}]}
+    )
+    assert mixed.status_code == 200, mixed.text
+    scored, failed = mixed.json()["predictions"]
+    assert "prediction" in scored
+    assert failed["error"]["code"] == "fetch_failed"
+
+
+def test_lagged_replicas_are_waited_out(client: httpx.Client, fake_commons) -> None:
+    fake_commons.lag_replicas(1, lag=7)
+    before = len(fake_commons.api_requests)
+    response = client.post(LOGO, json={"instances": [{"filename": "Portrait photo.jpg"}]})
+    assert response.status_code == 200, response.text
+    lagged, served = fake_commons.api_requests[before : before + 2]
+    assert lagged.params["maxlag"] == served.params["maxlag"] == "5"
+    # MediaWiki asks for 5 s; COMMONS_MAX_RETRY_AFTER_S (2 s) cuts the pause.
+    assert 2 <= served.at - lagged.at < 4
+
+
+@contextmanager
+def transformer(
+    triton: TritonPorts, fake_commons, log: Path, health_check: bool = True, **env: str
+) -> Iterator[str]:
+    """A transformer of its own, with settings the session's does not have."""
     port = free_port()
-    env = dict(os.environ, COMMONS_API_URL=fake_commons.api_url)
-    log = tmp_path / "transformer.log"
-    command = [c for c in transformer_command(port, dead) if c != "--enable_predictor_health_check"]
+    environment = dict(
+        os.environ,
+        COMMONS_API_URL=fake_commons.api_url,
+        COMMONS_UPLOAD_HOSTS=f'["{httpx.URL(fake_commons.api_url).netloc.decode()}"]',
+        **env,
+    )
+    command = transformer_command(port, triton)
+    if not health_check:
+        command.remove("--enable_predictor_health_check")
     with open(log, "wb") as output:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=environment, stdout=output, stderr=subprocess.STDOUT
+        )
         try:
             url = f"http://127.0.0.1:{port}"
             wait_transformer(url, process, log)
-            response = httpx.post(url + LOGO, json={"instances": [inline()]}, timeout=60)
+            yield url
         finally:
             process.terminate()
             process.wait(timeout=20)
+
+
+def test_triton_down_is_503(fake_commons, tmp_path) -> None:
+    dead = TritonPorts(http=free_port(), grpc=free_port(), metrics=free_port())
+    with transformer(dead, fake_commons, tmp_path / "log", health_check=False) as url:
+        response = httpx.post(url + LOGO, json={"instances": [inline()]}, timeout=60)
     assert response.status_code == 503, response.text
+    assert response.headers["retry-after"] == "1"
     assert "Triton" in response.json()["error"]
+
+
+@pytest.mark.parametrize("slow", ["api_delay", "file_delay"])
+def test_the_request_deadline_cuts_slow_lookups_and_downloads(
+    triton: TritonPorts, fake_commons, tmp_path, slow: str
+) -> None:
+    """One deadline covers lookups, downloads and retries: the slow item gets
+    deadline_exceeded when it passes, and the inline item is still scored."""
+    settings = {"REQUEST_DEADLINE_S": "3", "COMMONS_API_TIMEOUT_S": "20", "COMMONS_FETCH_TIMEOUT_S": "20"}
+    with transformer(triton, fake_commons, tmp_path / "log", **settings) as url:
+        setattr(fake_commons, slow, 8.0)
+        try:
+            started = time.monotonic()
+            response = httpx.post(
+                url + LOGO,
+                json={"instances": [inline(), {"filename": "Portrait photo.jpg"}]},
+                timeout=60,
+            )
+            took = time.monotonic() - started
+        finally:
+            setattr(fake_commons, slow, 0.0)
+    assert response.status_code == 200, response.text
+    scored, late = response.json()["predictions"]
+    assert "prediction" in scored
+    assert late["error"]["code"] == "deadline_exceeded"
+    assert 3 <= took < 5

@@ -138,3 +138,68 @@ def displayed_clockwise(mp4: bytes) -> bytes:
     at = mp4.index(b"tkhd") - 4 + 48
     matrix = struct.pack(">9i", 0, 0x10000, 0, -0x10000, 0, 0, 0, 0, 0x40000000)
     return mp4[:at] + matrix + mp4[at + len(matrix) :]
+
+
+# --- hostile videos ---------------------------------------------------------------------
+
+# LZW codes for a GIF with 2-bit minimum code size: 4 clears the table, 5 ends the data.
+_GIF_CLEAR, _GIF_END = 4, 5
+
+
+def _gif_pixels(count: int) -> bytes:
+    """LZW data for ``count`` pixels of colour 0, clearing the table every two codes so
+    every code stays 3 bits wide; packed into data sub-blocks."""
+    codes = [_GIF_CLEAR]
+    for index in range(count):
+        codes.append(0)
+        if index % 2:
+            codes.append(_GIF_CLEAR)
+    codes.append(_GIF_END)
+    bits = sum(code << (3 * i) for i, code in enumerate(codes))
+    packed = bits.to_bytes((3 * len(codes) + 7) // 8, "little")
+    blocks = b"".join(
+        bytes([len(packed[i : i + 255])]) + packed[i : i + 255] for i in range(0, len(packed), 255)
+    )
+    return b"\x02" + blocks + b"\x00"
+
+
+def gif(
+    frames: Sequence[tuple[int, int, int, int]],
+    *,
+    screen: tuple[int, int] = (1, 1),
+    delay_ms: int = 20,
+    pixels_limit: int = 4096,
+) -> bytes:
+    """A GIF89a built block by block, one frame per ``(left, top, width, height)`` image
+    descriptor, all black. A frame's pixel data is complete up to ``pixels_limit`` pixels;
+    larger frames carry one pixel: their descriptor is the point, not their content."""
+    out = bytearray(b"GIF89a" + struct.pack("<HHBBB", *screen, 0x80, 0, 0))
+    out += bytes(6)  # two-colour global table: black, black
+    out += b"\x21\xff\x0bNETSCAPE2.0\x03\x01\x00\x00\x00"  # loop forever
+    for left, top, width, height in frames:
+        out += b"\x21\xf9\x04\x00" + struct.pack("<H", delay_ms // 10) + b"\x00\x00"
+        out += b"\x2c" + struct.pack("<HHHHB", left, top, width, height, 0)
+        pixels = width * height
+        out += _gif_pixels(pixels if pixels <= pixels_limit else 1)
+    return bytes(out + b"\x3b")
+
+
+def growing_canvas_gif(side: int = 13_000) -> bytes:
+    """Two 64×64 frames, then a third whose descriptor claims ``side``×``side``: Pillow
+    grows the canvas to it when it reaches that frame (169 MP at the default side)."""
+    return gif([(0, 0, 64, 64), (0, 0, 64, 64), (0, 0, side, side)], screen=(64, 64))
+
+
+def many_frames_gif(frames: int = 3000) -> bytes:
+    """A GIF of ``frames`` one-pixel frames, 20 ms each: cheap bytes, many seeks."""
+    return gif([(0, 0, 1, 1)] * frames)
+
+
+def long_video(seconds: float = 60.0, *, fps: int = 10) -> bytes:
+    """A small H.264 video of ``seconds``: many frames for little data."""
+    return encode([(images.photo(64, 48, 30), seconds)], fps=fps)
+
+
+def truncated(data: bytes, keep: float = 0.6) -> bytes:
+    """The first ``keep`` share of ``data``: a download cut short."""
+    return images.truncated(data, keep)

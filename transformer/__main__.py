@@ -8,40 +8,78 @@ from the environment (``transformer.config``).
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import ThreadPoolExecutor
 
 import kserve
+from kserve import model_server
 from kserve.model_server import app
 
-from transformer.sources import commons_client
-from transformer.config import load_settings
+from transformer.config import Settings, load_settings
+from transformer.gate import Admission, RequestGate
 from transformer.http_errors import install_handlers
-from transformer.limits import BodySizeLimit
+from transformer.memory import bound_malloc
 from transformer.model import LOGO_PIPELINE, NSFW_PIPELINE, ImageModel
 from transformer.readiness import TritonModelReadiness
+from transformer.sources import commons_client
 from transformer.video_model import VideoModel
 
 
-def main() -> None:
-    settings = load_settings()
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    install_handlers(app)
+def build_models(settings: Settings) -> list[kserve.Model]:
     commons = commons_client(settings)
-    executor = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
+    decoder = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
+    parser = ThreadPoolExecutor(settings.parse_threads, thread_name_prefix="parse")
     models: list[kserve.Model] = [
-        ImageModel(p, settings, commons, executor) for p in (LOGO_PIPELINE, NSFW_PIPELINE)
+        ImageModel(p, settings, commons, decoder, parser) for p in (LOGO_PIPELINE, NSFW_PIPELINE)
     ]
     video_commons = commons_client(
         settings,
         max_fetch_bytes=settings.max_video_bytes,
         fetch_timeout_s=settings.video_fetch_timeout_s,
     )
-    video_executor = ThreadPoolExecutor(settings.video_workers, thread_name_prefix="video")
-    models.append(VideoModel(settings, video_commons, video_executor))
+    video_decoder = ThreadPoolExecutor(settings.video_workers, thread_name_prefix="video")
+    models.append(VideoModel(settings, video_commons, video_decoder, parser))
+    return models
+
+
+def bind(host: str) -> None:
+    """KServe 0.21 always binds 0.0.0.0 and has no flag for it; its REST server reads the
+    address from its uvicorn config only when it starts serving, so set it there."""
+
+    class BoundRESTServer(model_server.RESTServer):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)
+            self.config.host = host
+
+    model_server.RESTServer = BoundRESTServer
+
+
+def _drop_infer_tracebacks(record: logging.LogRecord) -> bool:
+    """KServe logs every failed Triton call with a traceback: thousands of lines in a short
+    outage. ``transformer.scoring`` turns each into a 503/504 and logs one line instead."""
+    return record.msg != "Failed to infer: %s"
+
+
+def main() -> None:
+    bound_malloc()
+    settings = load_settings()
+    models = build_models(settings)
+    names = [model.name for model in models]
+    app.add_middleware(
+        RequestGate,
+        models=names,
+        max_body=settings.max_body_bytes,
+        admission=Admission(settings.max_inflight_requests, settings.max_inflight_body_bytes),
+    )
+    install_handlers(app)
     for model in models:
         model.load()
+    bind(settings.transformer_host)
     server = kserve.ModelServer()
-    server.dataplane = TritonModelReadiness(model_registry=server.registered_models)
+    server.dataplane = TritonModelReadiness(model_registry=server.registered_models, expected=names)
+    # KServe logs every readiness probe's Triton check at INFO: once a second per probe.
+    logging.getLogger("kserve.trace").setLevel(logging.WARNING)
+    logging.getLogger("kserve").addFilter(_drop_infer_tracebacks)
     server.start(models)
 
 

@@ -13,9 +13,16 @@ Why it is shaped like this:
 * the API's answer decides what we download, so only URLs on the API host or the configured
   upload hosts are fetched, redirects are never followed and downloads stop at
   ``max_fetch_bytes`` (no SSRF, no memory blow-up);
-* an outage (unreachable, 5xx, 429, timeout, bad JSON, API error) raises `CommonsUnavailable`
-  after bounded retries, carrying the status our own API should answer; a problem with one
-  file is an `ItemError` value, so the other files are still scored.
+* MediaWiki may split one answer into batches; the ``continue`` object of each is sent back
+  until the answer is complete, and the batches are merged (a bounded number of rounds);
+* as Wikimedia's API etiquette asks, every API call sends ``maxlag`` and a lagged-replica
+  answer, like a 429 or 503, is retried after the server's ``Retry-After``, else after a
+  jittered exponential backoff;
+* an outage (unreachable, 5xx, 429, maxlag, timeout, bad JSON, API error) raises
+  `CommonsUnavailable` after bounded retries, carrying the status our own API should answer;
+  a problem with one file is an `ItemError` value, so the other files are still scored;
+* a caller's ``deadline`` (event-loop time) bounds a whole call, retries included: no
+  attempt outlives it and no pause is taken that would end after it (`DeadlineExceeded`).
 """
 
 from __future__ import annotations
@@ -23,12 +30,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import random
 import re
 import unicodedata
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from functools import partial
 from http import HTTPStatus
 from typing import Any, TypeVar
+from urllib.parse import unquote
 
 import httpx
 
@@ -37,6 +49,8 @@ from transformer.errors import ItemError
 log = logging.getLogger(__name__)
 
 MAX_TITLES_PER_QUERY = 50
+# Continuation rounds of one query; a server that keeps asking for more is misbehaving.
+MAX_CONTINUATIONS = 20
 # The models need at least this many pixels on the shorter side.
 MIN_SIDE = 224
 # Widths the Wikimedia thumbnail servers pre-render and cache; asking for one of these is a
@@ -50,6 +64,9 @@ _NAMESPACE = re.compile(r"^[ _]*(?:file|image)[ _]*:", re.IGNORECASE)
 _FORBIDDEN = re.compile(r"[|#<>\[\]{}\x00-\x1f\x7f]")
 # The status our API answers for an upstream status; everything else is a 502.
 _UPSTREAM_STATUS = {429: 503, 503: 503, 504: 504}
+# Enough of a body to see past leading whitespace to an HTML start tag.
+_SNIFF_BYTES = 512
+_HTML_STARTS = (b"<!doctype", b"<html")
 
 T = TypeVar("T")
 
@@ -77,12 +94,19 @@ Resolved = CommonsFile | ItemError
 
 class CommonsUnavailable(Exception):
     """Commons could not answer at all. ``status`` is what our API should answer:
-    504 for timeouts, 503 when Commons is overloaded (429/503), 502 otherwise."""
+    504 for timeouts, 503 when Commons is overloaded (429/503/maxlag), 502 otherwise."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+class DeadlineExceeded(CommonsUnavailable):
+    """The caller's deadline passed, or the next retry could not have finished before it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(HTTPStatus.GATEWAY_TIMEOUT, message)
 
 
 class _Transient(CommonsUnavailable):
@@ -95,7 +119,12 @@ class _Transient(CommonsUnavailable):
 
 class CommonsClient:
     """Resolves Commons file names and downloads their thumbnails over one pooled
-    `httpx.AsyncClient`. Use as ``async with`` or call `aclose`."""
+    `httpx.AsyncClient`. Use as ``async with`` or call `aclose`.
+
+    ``api_host_header`` is sent as ``Host`` on API calls only: an internal API endpoint
+    (e.g. ``http://api-ro.discovery.wmnet/w/api.php``) serves the wiki that header names.
+    ``maxlag`` of 0 sends none.
+    """
 
     def __init__(
         self,
@@ -110,11 +139,16 @@ class CommonsClient:
         backoff: float = 0.2,
         max_retry_after: float = 2.0,
         max_connections: int = 20,
+        maxlag: int = 5,
+        api_host_header: str = "",
     ) -> None:
         self._api_url = httpx.URL(api_url)
-        # Upload hosts are bare host[:port] names; they share the API's scheme.
+        # Upload hosts are bare host[:port] names, reached over HTTPS or the API's scheme
+        # (an internal API is plain HTTP, yet its file URLs stay HTTPS).
         self._allowed_origins = {_origin(self._api_url)} | {
-            _origin(httpx.URL(f"{self._api_url.scheme}://{host}")) for host in upload_hosts
+            _origin(httpx.URL(f"{scheme}://{host}"))
+            for host in upload_hosts
+            for scheme in {self._api_url.scheme, "https"}
         }
         self._api_timeout = api_timeout
         self._fetch_timeout = fetch_timeout
@@ -122,6 +156,12 @@ class CommonsClient:
         self._retries = retries
         self._backoff = backoff
         self._max_retry_after = max_retry_after
+        self._maxlag = maxlag
+        # The header tells Wikimedia's routing that these POSTs are reads, so any data
+        # centre may serve them.
+        self._api_headers = {"Promise-Non-Write-API-Action": "true"}
+        if api_host_header:
+            self._api_headers["Host"] = api_host_header
         self._http = httpx.AsyncClient(
             headers={"User-Agent": user_agent},
             follow_redirects=False,
@@ -139,24 +179,31 @@ class CommonsClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def resolve(self, names: Sequence[str]) -> list[Resolved]:
+    async def resolve(
+        self, names: Sequence[str], *, deadline: float | None = None
+    ) -> list[Resolved]:
         """Look ``names`` up on Commons: one `CommonsFile` or `ItemError` per name, in order.
 
         Names may carry a ``File:``/``Image:`` prefix and use spaces or underscores.
-        Raises `CommonsUnavailable` when Commons cannot answer, which fails every name alike.
+        Raises `CommonsUnavailable` when Commons cannot answer, which fails every name alike,
+        and `DeadlineExceeded` when the answer cannot come before ``deadline`` (a
+        ``loop.time()`` value covering every lookup and retry).
         """
         titles = [_to_title(name) for name in names]
         wanted = list(dict.fromkeys(t for t in titles if isinstance(t, str)))
-        found = await self._lookup(wanted, FIRST_WIDTH)
-        await self._widen(found)
+        found = await self._lookup(wanted, FIRST_WIDTH, deadline)
+        await self._widen(found, deadline)
         return [title if isinstance(title, ItemError) else found[title] for title in titles]
 
-    async def fetch(self, file: CommonsFile, *, original: bool = False) -> bytes | ItemError:
+    async def fetch(
+        self, file: CommonsFile, *, original: bool = False, deadline: float | None = None
+    ) -> bytes | ItemError:
         """Download ``file.url`` (or the original), streaming, up to ``max_fetch_bytes``.
 
         Only the API host and the upload hosts are ever contacted. Raises
-        `CommonsUnavailable` for outages (after retries); a refused URL, a 4xx or 3xx, or a
-        file over the limit is an `ItemError`.
+        `CommonsUnavailable` for outages (after retries) and `DeadlineExceeded` past
+        ``deadline``; a refused URL, a 4xx or 3xx, a body that is a web page rather than
+        media, or a file over the limit is an `ItemError`.
         """
         url = self._api_url.join(file.original_url if original else file.url)
         if _origin(url) not in self._allowed_origins:
@@ -166,38 +213,44 @@ class CommonsClient:
                 "which is not a Commons upload host; not fetched",
                 HTTPStatus.BAD_GATEWAY,
             )
-        return await self._retrying(lambda: self._fetch_once(url, file.title), self._fetch_timeout)
+        return await self._retrying(
+            partial(self._fetch_once, url, file.title), self._fetch_timeout, deadline
+        )
 
-    async def _widen(self, found: dict[str, Resolved]) -> None:
+    async def _widen(self, found: dict[str, Resolved], deadline: float | None) -> None:
         """Replace thumbnails shorter than `MIN_SIDE` by wider ones, one call per width."""
         by_width: dict[int, dict[str, None]] = {}
         for file in found.values():
             if isinstance(file, CommonsFile) and (width := _wider_width(file)):
                 by_width.setdefault(width, {})[file.title] = None
         for width, titles in sorted(by_width.items()):
-            wider = await self._lookup(list(titles), width)
+            wider = await self._lookup(list(titles), width, deadline)
             for key, file in found.items():
                 better = wider.get(file.title) if isinstance(file, CommonsFile) else None
                 if isinstance(better, CommonsFile):
                     found[key] = better
 
-    async def _lookup(self, titles: Sequence[str], width: int) -> dict[str, Resolved]:
+    async def _lookup(
+        self, titles: Sequence[str], width: int, deadline: float | None
+    ) -> dict[str, Resolved]:
         """Resolve ``titles`` in chunks of 50, one chunk after the other as Wikimedia's API
         etiquette asks, keyed by the title as sent."""
         results: dict[str, Resolved] = {}
         for start in range(0, len(titles), MAX_TITLES_PER_QUERY):
             chunk = titles[start : start + MAX_TITLES_PER_QUERY]
-            query = await self._query(chunk, width)
+            batches = await self._query(chunk, width, deadline)
             try:
-                results.update(_match(chunk, query))
+                results.update(_match(chunk, batches))
             except (KeyError, TypeError, AttributeError, IndexError) as exc:
                 raise CommonsUnavailable(
                     502, f"the Commons API answered in an unexpected format ({exc!r})"
                 ) from exc
         return results
 
-    async def _query(self, titles: Sequence[str], width: int) -> dict[str, Any]:
-        """One imageinfo query; returns its ``query`` object."""
+    async def _query(
+        self, titles: Sequence[str], width: int, deadline: float | None
+    ) -> list[dict[str, Any]]:
+        """One imageinfo query, following ``continue``; the ``query`` object of each batch."""
         params = {
             "action": "query",
             "prop": "imageinfo",
@@ -208,41 +261,54 @@ class CommonsClient:
             "format": "json",
             "formatversion": "2",
         }
-
-        async def attempt() -> dict[str, Any]:
-            # POST keeps 50 long titles out of the URL; the header tells Wikimedia's routing
-            # that this POST is a read, so any data centre may serve it.
-            response = await self._http.post(
-                self._api_url,
-                data=params,
-                headers={"Promise-Non-Write-API-Action": "true"},
-                timeout=self._api_timeout,
+        if self._maxlag > 0:
+            params["maxlag"] = str(self._maxlag)
+        batches: list[dict[str, Any]] = []
+        continuation: Mapping[str, Any] = {}
+        for _ in range(MAX_CONTINUATIONS + 1):
+            request = params | {key: str(value) for key, value in continuation.items()}
+            body = await self._retrying(
+                partial(self._api_call, request), self._api_timeout, deadline
             )
-            _raise_if_transient(response)
-            if response.status_code != 200:
-                raise CommonsUnavailable(
-                    502, f"the Commons API answered HTTP {response.status_code}"
-                )
-            try:
-                body = response.json()
-            except ValueError:
-                raise CommonsUnavailable(
-                    502, "the Commons API answered with invalid JSON"
-                ) from None
-            if not isinstance(body, dict):
-                raise CommonsUnavailable(502, "the Commons API answered with unexpected JSON")
-            if "error" in body:
-                error = body["error"] if isinstance(body["error"], dict) else {}
-                raise CommonsUnavailable(
-                    502,
-                    f"the Commons API refused the query: {error.get('code')}: {error.get('info')}",
-                )
-            query = body.get("query")
-            if not isinstance(query, dict):
-                raise CommonsUnavailable(502, "the Commons API answered without a query result")
-            return query
+            batches.append(body["query"])
+            continuation = body.get("continue") or {}
+            if not isinstance(continuation, Mapping):
+                raise CommonsUnavailable(502, "the Commons API answered a malformed 'continue'")
+            if not continuation:
+                return batches
+        raise CommonsUnavailable(
+            502, f"the Commons API still asked to continue after {MAX_CONTINUATIONS} rounds"
+        )
 
-        return await self._retrying(attempt, self._api_timeout)
+    async def _api_call(self, params: dict[str, str]) -> dict[str, Any]:
+        """One POST (which keeps 50 long titles out of the URL); the answer's JSON body."""
+        response = await self._http.post(
+            self._api_url, data=params, headers=self._api_headers, timeout=self._api_timeout
+        )
+        _raise_if_transient(response)
+        if response.status_code != 200:
+            raise CommonsUnavailable(502, f"the Commons API answered HTTP {response.status_code}")
+        try:
+            body = response.json()
+        except ValueError:
+            raise CommonsUnavailable(502, "the Commons API answered with invalid JSON") from None
+        if not isinstance(body, dict):
+            raise CommonsUnavailable(502, "the Commons API answered with unexpected JSON")
+        if "error" in body:
+            error = body["error"] if isinstance(body["error"], dict) else {}
+            if error.get("code") == "maxlag":
+                raise _Transient(
+                    503,
+                    f"Commons database replicas lag {error.get('lag')} s behind "
+                    f"(maxlag={self._maxlag}): {error.get('info')}",
+                    _retry_after(response),
+                )
+            raise CommonsUnavailable(
+                502, f"the Commons API refused the query: {error.get('code')}: {error.get('info')}"
+            )
+        if not isinstance(body.get("query"), dict):
+            raise CommonsUnavailable(502, "the Commons API answered without a query result")
+        return body
 
     async def _fetch_once(self, url: httpx.URL, title: str) -> bytes | ItemError:
         async with self._http.stream("GET", url, timeout=self._fetch_timeout) as response:
@@ -254,6 +320,9 @@ class CommonsClient:
                     f"downloading {title} failed: {url} answered HTTP {response.status_code}",
                     HTTPStatus.BAD_GATEWAY,
                 )
+            content_type = response.headers.get("content-type", "")
+            if _is_document_type(content_type):
+                return _not_media(title, url, content_type)
             too_large = ItemError(
                 "file_too_large", f"{title} is larger than {self._max_fetch_bytes} bytes"
             )
@@ -261,20 +330,44 @@ class CommonsClient:
             if declared.isdigit() and int(declared) > self._max_fetch_bytes:
                 return too_large
             data = bytearray()
+            sniffed = False
             async for chunk in response.aiter_bytes():
                 data += chunk
+                if not sniffed and len(data) >= _SNIFF_BYTES:
+                    sniffed = True
+                    if _looks_like_html(data):
+                        return _not_media(title, url, content_type)
                 if len(data) > self._max_fetch_bytes:
                     return too_large
+            if not sniffed and _looks_like_html(data):
+                return _not_media(title, url, content_type)
             return bytes(data)
 
-    async def _retrying(self, attempt: Callable[[], Awaitable[T]], timeout: float) -> T:
-        """Run ``attempt`` under a total ``timeout``, retrying transient failures with
-        exponential backoff (or the server's Retry-After, capped)."""
+    async def _retrying(
+        self, attempt: Callable[[], Awaitable[T]], timeout: float, deadline: float | None
+    ) -> T:
+        """Run ``attempt``, each try under ``timeout`` and all of them before ``deadline``,
+        retrying transient failures after a pause (see `_pause`)."""
+        loop = asyncio.get_running_loop()
+        error: _Transient
         for n in range(self._retries + 1):
+            if n:
+                await self._pause(error, n - 1, _time_left(loop, deadline))
+            left = _time_left(loop, deadline)
+            if left <= 0:
+                raise DeadlineExceeded(
+                    f"the deadline passed before Commons answered ({error.message})"
+                    if n
+                    else "the deadline had passed before Commons was asked"
+                )
             try:
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(min(timeout, left)):
                     return await attempt()
             except (httpx.TimeoutException, TimeoutError):
+                if left < timeout:
+                    raise DeadlineExceeded(
+                        f"Commons did not answer within the {left:.2f} s left before the deadline"
+                    ) from None
                 error = _Transient(504, f"Commons did not answer within {timeout:g} s")
             except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
                 error = _Transient(502, f"cannot reach Commons: {exc!r}")
@@ -282,15 +375,30 @@ class CommonsClient:
                 error = exc
             except httpx.HTTPError as exc:  # e.g. a body that fails to decode: not transient
                 raise CommonsUnavailable(502, f"bad answer from Commons: {exc!r}") from exc
-            if n < self._retries:
-                pause = (
-                    min(error.retry_after, self._max_retry_after)
-                    if error.retry_after is not None
-                    else self._backoff * 2**n
-                )
-                log.warning("Commons request failed (%s); retry %d in %.2f s", error, n + 1, pause)
-                await asyncio.sleep(pause)
         raise CommonsUnavailable(error.status, error.message)
+
+    async def _pause(self, error: _Transient, n: int, left: float) -> None:
+        """Wait before retry ``n + 1``: the server's Retry-After (capped by
+        ``max_retry_after``), else full-jitter exponential backoff, so that clients that
+        failed together do not retry together. A pause that would outlast the ``left``
+        seconds of the deadline is not taken: the call fails at once."""
+        if error.retry_after is not None:
+            if error.retry_after >= left:
+                raise CommonsUnavailable(
+                    HTTPStatus.SERVICE_UNAVAILABLE,
+                    f"{error.message}; Commons asked to retry after {error.retry_after:g} s, "
+                    f"more than the {left:.2f} s left before the deadline",
+                )
+            pause = min(error.retry_after, self._max_retry_after)
+        else:
+            pause = random.uniform(0, self._backoff * 2**n)
+            if pause >= left:
+                raise DeadlineExceeded(
+                    f"{error.message}; the deadline leaves {left:.2f} s, "
+                    f"less than the {pause:.2f} s pause before a retry"
+                )
+        log.warning("Commons request failed (%s); retry %d in %.2f s", error, n + 1, pause)
+        await asyncio.sleep(pause)
 
 
 def _to_title(name: str) -> str | ItemError:
@@ -318,20 +426,42 @@ def _to_title(name: str) -> str | ItemError:
     return name if prefix else f"File:{name}"
 
 
-def _match(titles: Sequence[str], query: dict[str, Any]) -> dict[str, Resolved]:
-    """Follow each title as sent through ``normalized`` and ``redirects`` to its page."""
-    normalized = {n["from"]: n["to"] for n in query.get("normalized", ())}
-    redirects = {r["from"]: r["to"] for r in query.get("redirects", ())}
-    pages = {p["title"]: p for p in query.get("pages", ())}
-    results: dict[str, Resolved] = {}
-    for sent in titles:
-        title = normalized.get(sent, sent)
-        for _ in range(len(redirects)):  # chains are followed; the bound stops a loop
-            if title not in redirects:
-                break
-            title = redirects[title]
-        results[sent] = _parse_page(sent, pages.get(title))
-    return results
+def _match(titles: Sequence[str], batches: Sequence[dict[str, Any]]) -> dict[str, Resolved]:
+    """Follow each title as sent through ``normalized`` and then ``redirects`` to its page,
+    across all batches of one answer."""
+    normalized = {_sent_form(n): n["to"] for query in batches for n in query.get("normalized", ())}
+    redirects = {r["from"]: r["to"] for query in batches for r in query.get("redirects", ())}
+    pages: dict[str, dict[str, Any]] = {}
+    for query in batches:
+        for page in query.get("pages", ()):
+            pages[page["title"]] = _merge_page(pages.get(page["title"]), page)
+    return {
+        sent: _parse_page(sent, pages.get(_follow(_follow(sent, normalized), redirects)))
+        for sent in titles
+    }
+
+
+def _sent_form(entry: dict[str, Any]) -> str:
+    """A ``normalized`` entry's ``from`` as it was sent: MediaWiki percent-encodes it when it
+    was not valid NFC (``fromencoded``)."""
+    return unquote(entry["from"]) if entry.get("fromencoded") else entry["from"]
+
+
+def _follow(title: str, hops: dict[str, str]) -> str:
+    """Follow a chain of ``hops`` (one Unicode fix, then one spelling fix; redirects to
+    redirects); the bound stops a loop."""
+    for _ in range(len(hops)):
+        if title not in hops:
+            break
+        title = hops[title]
+    return title
+
+
+def _merge_page(seen: dict[str, Any] | None, page: dict[str, Any]) -> dict[str, Any]:
+    """One page as several batches describe it: each batch may carry its imageinfo or not."""
+    if seen is None:
+        return page
+    return seen | page | {"imageinfo": seen.get("imageinfo", []) + page.get("imageinfo", [])}
 
 
 def _parse_page(sent: str, page: dict[str, Any] | None) -> Resolved:
@@ -391,9 +521,44 @@ def _raise_if_transient(response: httpx.Response) -> None:
 
 
 def _retry_after(response: httpx.Response) -> float | None:
-    """Retry-After in seconds; the HTTP-date form is not worth parsing for a capped pause."""
+    """Retry-After in seconds, from delta-seconds or an HTTP-date; None when absent or
+    unreadable."""
     value = response.headers.get("retry-after", "").strip()
-    return float(value) if value.isdigit() else None
+    if not value:
+        return None
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # "-0000": UTC by RFC 5322
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def _time_left(loop: asyncio.AbstractEventLoop, deadline: float | None) -> float:
+    return math.inf if deadline is None else deadline - loop.time()
+
+
+def _is_document_type(content_type: str) -> bool:
+    """Whether a Content-Type names a document (an error page, an API answer), not media."""
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return media_type.startswith("text/") or media_type == "application/json"
+
+
+def _looks_like_html(data: bytes | bytearray) -> bool:
+    return bytes(data[:_SNIFF_BYTES]).lstrip().lower().startswith(_HTML_STARTS)
+
+
+def _not_media(title: str, url: httpx.URL, content_type: str) -> ItemError:
+    """An upload host that serves a web page instead of the file failed us, not the client."""
+    return ItemError(
+        "fetch_failed",
+        f"downloading {title} failed: {url.host} answered a web page "
+        f"(Content-Type {content_type or 'unset'}) instead of the file",
+        HTTPStatus.BAD_GATEWAY,
+    )
 
 
 def _origin(url: httpx.URL) -> tuple[str, str, int | None]:

@@ -25,11 +25,21 @@ class Settings(BaseSettings):
     commons_api_timeout_s: float = Field(5.0, gt=0)
     commons_fetch_timeout_s: float = Field(10.0, gt=0)
     commons_retries: int = Field(2, ge=0, le=5)
+    # The longest pause taken for a Retry-After: a longer one is cut to it, unless it outlasts
+    # the request's deadline (then the call fails at once).
+    commons_max_retry_after_s: float = Field(2.0, ge=0)
+    # MediaWiki refuses API calls while its replicas lag more than this (seconds); 0: never.
+    commons_maxlag: int = Field(5, ge=0)
+    # Host header for API calls, when COMMONS_API_URL is an internal endpoint serving several
+    # wikis (e.g. http://api-ro.discovery.wmnet/w/api.php with commons.wikimedia.org).
+    commons_api_host_header: str = ""
 
     max_instances: int = Field(50, ge=1, le=500)
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     max_image_bytes: int = Field(25 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(50_000_000, ge=1)
+    # Peak memory of one image decode, estimated from the header before decoding.
+    max_decode_bytes: int = Field(256 * 1024 * 1024, ge=1024 * 1024)
 
     # Videos (nsfw-video-detection). Decoding cost grows with duration × resolution, so both
     # are bounded; the frame cap bounds inference cost (see transformer.video's policy).
@@ -38,12 +48,27 @@ class Settings(BaseSettings):
     max_video_pixels: int = Field(1920 * 1080, ge=1)
     max_video_frames: int = Field(300, ge=2)
     video_fetch_timeout_s: float = Field(60.0, gt=0)
+    # Wall time one video's scan may take, whatever the other limits allow.
+    video_budget_s: float = Field(20.0, gt=0)
     # Videos decoded at once; each decode also runs FFmpeg's own threads.
     video_workers: int = Field(1, ge=1, le=64)
 
     triton_timeout_s: float = Field(15.0, gt=0)
     # Pillow releases the GIL while decoding and resizing, so threads give real parallelism.
     decode_threads: int = Field(2, ge=1, le=64)
+
+    # Serving and admission. Loopback unless told otherwise: the container sets 0.0.0.0.
+    transformer_host: str = "127.0.0.1"
+    # Covers the lookups, downloads and retries of one request; below the chart's Knative
+    # timeout so that we answer with per-item errors before the platform cuts us off.
+    request_deadline_s: float = Field(30.0, gt=0)
+    # Requests being served at once, and their bodies' bytes; past either a request gets
+    # 503 + Retry-After instead of memory. The chart's containerConcurrency is the former.
+    max_inflight_requests: int = Field(32, ge=1, le=4096)
+    max_inflight_body_bytes: int = Field(128 * 1024 * 1024, ge=1024)
+    # Threads that parse request bodies, apart from decoding so that parsing never waits
+    # behind a long decode or a video.
+    parse_threads: int = Field(2, ge=1, le=64)
 
 
 def load_settings() -> Settings:

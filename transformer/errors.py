@@ -31,13 +31,24 @@ class ItemError:
 
 
 class UpstreamError(Exception):
-    """Commons or Triton failed: answered as 502, 503 or 504 with a message naming it."""
+    """Commons or Triton failed: answered as 502, 503 or 504 with a message naming it.
 
-    def __init__(self, status: int, message: str, predictions: list | None = None) -> None:
+    ``retry_after``: seconds after which a retry may succeed, sent as ``Retry-After``.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        predictions: list | None = None,
+        *,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.predictions = predictions
+        self.retry_after = retry_after
 
 
 class RequestRejected(Exception):
@@ -47,3 +58,14 @@ class RequestRejected(Exception):
         super().__init__(message)
         self.message = message
         self.predictions = predictions
+
+
+class BadRequest(Exception):
+    """The request as a whole is malformed: 400 naming the problem.
+
+    Not KServe's ``InvalidInput``, whose handler logs a traceback for every client mistake.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message

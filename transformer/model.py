@@ -3,6 +3,10 @@
 KServe calls ``preprocess`` (parse, fetch, decode: everything up to the tensor),
 ``predict`` (Triton) and ``postprocess`` (the gogologo response), and times each stage
 in its own Prometheus histograms.
+
+One deadline, set when the request arrives, bounds its lookups, downloads and retries;
+items that miss it get ``deadline_exceeded`` and the others are still scored. Each Triton
+call has its own ``TRITON_TIMEOUT_S``.
 """
 
 from __future__ import annotations
@@ -12,7 +16,6 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
-import kserve
 import numpy as np
 from PIL import Image
 
@@ -26,6 +29,8 @@ from transformer.request import Instance, parse_request_in
 from transformer.responses import MODEL_VERSION_HEADER, error_prediction, respond
 from transformer.scoring import score
 from transformer.sources import fetch_all
+from transformer.tasks import all_or_none
+from transformer.triton_model import TritonModel
 
 
 @dataclass(frozen=True)
@@ -50,49 +55,54 @@ class Batch:
     results: list[np.ndarray | ItemError] = field(default_factory=list)
 
 
-def prepare(data: bytes, pipeline: ImagePipeline, max_pixels: int) -> np.ndarray | ItemError:
+def prepare(data: bytes, pipeline: ImagePipeline, settings: Settings) -> np.ndarray | ItemError:
     """Decode and preprocess one image; runs in the thread pool, never on the event loop."""
     try:
-        image = decode_image(data, max_pixels=max_pixels, min_side=pipeline.min_side)
+        image = decode_image(
+            data,
+            max_pixels=settings.max_image_pixels,
+            max_decode_bytes=settings.max_decode_bytes,
+            min_side=pipeline.min_side,
+        )
     except DecodeError as exc:
         return ItemError(exc.code, exc.message)
     return pipeline.to_tensor(image)
 
 
-class ImageModel(kserve.Model):
+class ImageModel(TritonModel):
     def __init__(
         self,
         pipeline: ImagePipeline,
         settings: Settings,
         commons: CommonsClient,
         executor: Executor,
+        parser: Executor,
     ) -> None:
+        """``executor`` decodes images; ``parser`` parses request bodies."""
         super().__init__(pipeline.spec.name, return_response_headers=True)
         self.pipeline = pipeline
         self.settings = settings
         self.commons = commons
         self.executor = executor
-
-    def load(self) -> bool:
-        self.ready = True
-        return self.ready
+        self.parser = parser
 
     async def preprocess(self, payload: dict | bytes, headers: dict | None = None) -> Batch:
+        deadline = asyncio.get_running_loop().time() + self.settings.request_deadline_s
         instances = await parse_request_in(
-            self.executor,
+            self.parser,
             payload,
             max_instances=self.settings.max_instances,
             max_bytes=self.settings.max_image_bytes,
         )
-        sources = await fetch_all(instances, self.commons)
-        results = await asyncio.gather(*(self._prepare(source) for source in sources))
-        return Batch(instances, list(results))
+        sources = await fetch_all(instances, self.commons, deadline=deadline)
+        results = await all_or_none(self._prepare(source) for source in sources)
+        return Batch(instances, results)
 
     async def _prepare(self, source: bytes | ItemError) -> np.ndarray | ItemError:
         if isinstance(source, ItemError):
             return source
         return await asyncio.get_running_loop().run_in_executor(
-            self.executor, prepare, source, self.pipeline, self.settings.max_image_pixels
+            self.executor, prepare, source, self.pipeline, self.settings
         )
 
     async def predict(

@@ -7,6 +7,8 @@ else 400 naming the client's problem. ``predictions`` lists every item either wa
 
 from __future__ import annotations
 
+from http import HTTPStatus
+
 from prometheus_client import Counter
 
 from transformer.errors import ItemError, RequestRejected, UpstreamError
@@ -16,6 +18,7 @@ ITEM_ERRORS = Counter(
 )
 # Triton's version of the model that scored the request, echoed so clients can log it.
 MODEL_VERSION_HEADER = "x-model-version"
+RETRY_AFTER_S = 1.0
 
 
 def respond(model: str, predictions: list[dict], results: list[object]) -> dict:
@@ -25,7 +28,10 @@ def respond(model: str, predictions: list[dict], results: list[object]) -> dict:
     if errors and len(errors) == len(results):
         upstream = [e for e in errors if e.upstream]
         if upstream:
-            raise UpstreamError(upstream[0].status, upstream[0].message, predictions)
+            status = upstream[0].status
+            # Commons overloaded or shedding load: worth retrying soon, and saying so.
+            retry_after = RETRY_AFTER_S if status == HTTPStatus.SERVICE_UNAVAILABLE else None
+            raise UpstreamError(status, upstream[0].message, predictions, retry_after=retry_after)
         summary = (
             errors[0].message
             if len(errors) == 1

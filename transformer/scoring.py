@@ -7,6 +7,7 @@ them with other requests' chunks into full model batches.
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from http import HTTPStatus
 
@@ -18,11 +19,52 @@ from kserve.inference_client import InferenceGRPCClient
 from predictor.specs import ModelSpec
 from transformer.errors import UpstreamError
 
+log = logging.getLogger(__name__)
+
+# Channel settings for the one long-lived channel to Triton.
+_CHANNEL_ARGS: tuple[tuple[str, int], ...] = (
+    # KServe's default policy re-sends UNAVAILABLE; a full queue answers UNAVAILABLE too, and
+    # re-sending it only adds load where there is too much. The caller gets a 503 at once.
+    ("grpc.enable_retries", 0),
+    # Pings find a dead peer (a killed pod, a dropped NAT entry) in seconds rather than
+    # at the next request's deadline. Triton must be started to accept pings this often
+    # (predictor.triton_server.command does), or it hangs up on the second idle ping.
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    # After Triton restarts, reconnect within a second instead of gRPC's default backoff
+    # (1 s growing to 120 s), which would keep the transformer failing after Triton is back.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1_000),
+    # A batch of 32 images is 4.8 MB, above gRPC's 4 MB default.
+    ("grpc.max_send_message_length", -1),
+    ("grpc.max_receive_message_length", -1),
+)
+
+# How soon a client may retry after a 503: Triton restarts, or its queue drains, in seconds.
+RETRY_AFTER_S = 1.0
+
+# Triton 2.51 answers both kinds of overload with UNAVAILABLE, measured:
+#   queue full:     "[request id: <id_unknown>] Exceeds maximum queue size", immediately;
+#   queue timeout:  "Request timeout expired", once the request has waited the queue
+#                   policy's timeout, even while every instance is busy.
+# A stopped or unreachable Triton is UNAVAILABLE too, so all three are a retryable 503.
 _STATUS_BY_CODE = {
     grpc.StatusCode.UNAVAILABLE: HTTPStatus.SERVICE_UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED: HTTPStatus.GATEWAY_TIMEOUT,
     grpc.StatusCode.RESOURCE_EXHAUSTED: HTTPStatus.SERVICE_UNAVAILABLE,
 }
+
+
+def triton_client(host: str) -> InferenceGRPCClient:
+    """The gRPC client for Triton at ``host`` (``address:port``).
+
+    gRPC's asyncio channel binds to the event loop running when it is built, so build it
+    from within the server's loop (lazily, on first use).
+    """
+    return InferenceGRPCClient(host, channel_args=list(_CHANNEL_ARGS))
 
 
 @dataclass(frozen=True)
@@ -56,8 +98,11 @@ async def _infer(
         response = await client.infer(request, timeout=timeout_s)
     except grpc.aio.AioRpcError as exc:
         status = _STATUS_BY_CODE.get(exc.code(), HTTPStatus.BAD_GATEWAY)
+        log.warning("Triton %s: %s: %s", spec.name, exc.code().name, exc.details())
         raise UpstreamError(
-            status, f"Triton model {spec.name!r} failed: {exc.code().name}: {exc.details()}"
+            status,
+            f"Triton model {spec.name!r} failed: {exc.code().name}: {exc.details()}",
+            retry_after=RETRY_AFTER_S if status == HTTPStatus.SERVICE_UNAVAILABLE else None,
         ) from None
     output = next((o for o in response.outputs if o.name == spec.output_name), None)
     if output is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from transformer.commons import CommonsClient, CommonsFile, CommonsUnavailable
+from transformer.commons import CommonsClient, CommonsFile, CommonsUnavailable, DeadlineExceeded
 from transformer.config import Settings
 from transformer.errors import ItemError
 from transformer.request import Instance
@@ -52,18 +52,32 @@ def commons_client(
         fetch_timeout=fetch_timeout_s or settings.commons_fetch_timeout_s,
         max_fetch_bytes=max_fetch_bytes or settings.max_image_bytes,
         retries=settings.commons_retries,
+        max_retry_after=settings.commons_max_retry_after_s,
+        maxlag=settings.commons_maxlag,
+        api_host_header=settings.commons_api_host_header,
     )
 
 
 async def fetch_all(
-    instances: list[Instance], commons: CommonsClient, wanted: Wanted = IMAGES
+    instances: list[Instance],
+    commons: CommonsClient,
+    wanted: Wanted = IMAGES,
+    *,
+    deadline: float | None = None,
 ) -> list[bytes | ItemError]:
-    """One entry per instance, in order. A Commons outage fails only the looked-up items."""
-    sources = await resolve_all(instances, commons)
-    return list(await asyncio.gather(*(download(commons, s, wanted) for s in sources)))
+    """One entry per instance, in order. A Commons outage fails only the looked-up items.
+
+    ``deadline`` (a ``loop.time()`` value) bounds the lookups and downloads together.
+    """
+    sources = await resolve_all(instances, commons, deadline=deadline)
+    return list(
+        await asyncio.gather(*(download(commons, s, wanted, deadline=deadline) for s in sources))
+    )
 
 
-async def resolve_all(instances: list[Instance], commons: CommonsClient) -> list[Source]:
+async def resolve_all(
+    instances: list[Instance], commons: CommonsClient, *, deadline: float | None = None
+) -> list[Source]:
     """Inline bytes, the Commons file to download, or the error; one per instance, in order.
 
     All names are looked up together (one API call per 50), nothing is downloaded yet.
@@ -76,7 +90,7 @@ async def resolve_all(instances: list[Instance], commons: CommonsClient) -> list
     files: list[Source] = []
     if lookups:
         try:
-            files = list(await commons.resolve(list(lookups.values())))
+            files = list(await commons.resolve(list(lookups.values()), deadline=deadline))
         except CommonsUnavailable as exc:
             files = [_outage(exc)] * len(lookups)
     found = dict(zip(lookups, files, strict=True))
@@ -88,7 +102,9 @@ def _given(instance: Instance) -> Source:
     return instance.error if instance.error is not None else instance.data or b""
 
 
-async def download(commons: CommonsClient, source: Source, wanted: Wanted) -> bytes | ItemError:
+async def download(
+    commons: CommonsClient, source: Source, wanted: Wanted, *, deadline: float | None = None
+) -> bytes | ItemError:
     """The bytes of one resolved source: inline bytes and errors as they are."""
     if not isinstance(source, CommonsFile):
         return source
@@ -98,10 +114,16 @@ async def download(commons: CommonsClient, source: Source, wanted: Wanted) -> by
             f"{source.title} is {source.mediatype} ({source.mime}), not {wanted.noun}",
         )
     try:
-        return await commons.fetch(source, original=wanted.original)
+        return await commons.fetch(source, original=wanted.original, deadline=deadline)
     except CommonsUnavailable as exc:
         return _outage(exc)
 
 
 def _outage(exc: CommonsUnavailable) -> ItemError:
+    if isinstance(exc, DeadlineExceeded):
+        return ItemError(
+            "deadline_exceeded",
+            f"the request's deadline passed while waiting for Commons: {exc.message}",
+            exc.status,
+        )
     return ItemError("commons_unavailable", f"Commons failed: {exc.message}", exc.status)

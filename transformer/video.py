@@ -25,16 +25,28 @@ alone costs three times as much. Sampled frames are turned upright by the stream
 rotation (phone videos) before ``prepare``.
 
 **Limits** (`VideoLimits`): duration and pixels per frame are checked from the header
-before decoding and again on every decoded frame (headers can lie); decoding also stops
-at ``MAX_FPS`` frames per second of allowed duration. Problems are `VideoError`s whose
-``code`` names them: ``unsupported_video``, ``corrupt_video``, ``truncated_video``,
-``no_frames``, ``not_a_video``, ``video_too_large``, ``video_too_long``, ``empty_video``.
+before decoding and again on every decoded frame (headers can lie); a video of more than
+``MAX_FPS`` frames per second of allowed duration is refused; and the whole scan gets
+``budget_s`` seconds of wall time, checked on every frame and packet, in the frame walk of
+an animation and in the demux-only pass. Problems are `VideoError`s whose ``code`` names
+them: ``unsupported_video``, ``corrupt_video``, ``truncated_video``, ``no_frames``,
+``not_a_video``, ``video_too_large``, ``video_too_long``, ``video_budget_exceeded``,
+``empty_video``. Any other exception is a bug of ours, not a property of the bytes.
+
+**Animations** are checked before Pillow allocates a frame: a GIF's block structure is
+walked from the bytes first (`_gif_layout`), because Pillow grows the canvas to a later
+frame's extent when it reaches that frame, so every frame's extent and the frame count are
+known up front. APNG and WebP frames cannot exceed the canvas (Pillow and libwebp refuse
+them: ``corrupt_video``), so the canvas check covers them; their frame count comes from
+the header (APNG's ``acTL``, WebP's animation chunks) and is bounded before the walk, and
+the size is checked again after every seek, before that frame's pixels are read.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -52,6 +64,7 @@ from scenedetect.common import FrameTimecode
 from scenedetect.detector import FlashFilter
 from scenedetect.detectors import ContentDetector
 
+from transformer.config import Settings
 from transformer.decode import ALLOWED_FORMATS, BACKGROUND
 
 T = TypeVar("T")
@@ -68,9 +81,10 @@ SCENE_WIDTH = 160
 CUT_THRESHOLD = 27.0
 MIN_SCENE_S = 0.5
 
-# Decoding stops past this many frames per second of allowed duration (GIF frame delays
-# and variable frame rates make a frame count unbounded otherwise).
+# A video with more frames than this many per second of allowed duration is refused (GIF
+# frame delays and variable frame rates make a frame count unbounded otherwise).
 MAX_FPS = 120
+DEFAULT_BUDGET_S = 20.0
 # Browsers show GIF frames with a delay of 10 ms or less for 100 ms; so do we.
 MIN_FRAME_MS = 10
 DEFAULT_FRAME_MS = 100
@@ -92,6 +106,13 @@ _ANIMATIONS: tuple[str, ...] = ("GIF", "PNG", "WEBP")
 # What PyAV raises on bytes it cannot make sense of: FFmpeg's errors, header text that is
 # not UTF-8, values out of range.
 _UNREADABLE = (av.FFmpegError, UnicodeError, ValueError, OverflowError)
+# What Pillow's plugins raise on bytes they cannot make sense of; struct.error and
+# IndexError come from blocks shorter than their fields. MemoryError is left out: our
+# limits stop what the bytes could make us allocate, so running out of memory is the
+# server's state, not the file's.
+_PILLOW_UNREADABLE = (
+    OSError, ValueError, EOFError, SyntaxError, struct.error, IndexError,
+)
 
 
 class VideoError(ValueError):
@@ -108,6 +129,40 @@ class VideoLimits:
     max_duration_s: float
     max_pixels: int
     max_frames: int
+    # Wall time for the whole scan: decoding cost has many multipliers (codec, resolution,
+    # frame count, bad packets) that the other limits bound only one at a time.
+    budget_s: float = DEFAULT_BUDGET_S
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> VideoLimits:
+        return cls(
+            max_duration_s=settings.max_video_duration_s,
+            max_pixels=settings.max_video_pixels,
+            max_frames=settings.max_video_frames,
+            budget_s=settings.video_budget_s,
+        )
+
+    @property
+    def max_decoded(self) -> int:
+        """Frames a video may hold: ``MAX_FPS`` per second of the allowed duration."""
+        return math.ceil(self.max_duration_s * MAX_FPS)
+
+
+class _Deadline:
+    """The scan's work budget; `check` raises once it is spent."""
+
+    def __init__(self, budget_s: float) -> None:
+        self._started = time.perf_counter()
+        self._budget_s = budget_s
+
+    def check(self) -> None:
+        elapsed = time.perf_counter() - self._started
+        if elapsed > self._budget_s:
+            raise VideoError(
+                "video_budget_exceeded",
+                f"decoding stopped after {elapsed:.1f} s, over the per-video budget of "
+                f"{self._budget_s:g} s; the file is too costly to decode",
+            )
 
 
 @dataclass(frozen=True)
@@ -169,24 +224,29 @@ def scan_video(
     seconds. Raises `VideoError`.
     """
     started = time.perf_counter()
+    deadline = _Deadline(limits.budget_s)
     timings = Timings()
-    with _open(data, limits) as video:
+    with _open(data, limits, deadline) as video:
         duration = video.duration_s
         interval = sampling_interval(duration, limits.max_frames)
         regular_budget = max(1, limits.max_frames // 2)
         cut_budget = limits.max_frames - min(regular_budget, math.ceil(duration / interval) or 1)
         cuts = _SceneCuts(video.fps)
-        max_decoded = math.ceil(limits.max_duration_s * MAX_FPS)
         next_regular, regular_taken, cuts_taken, cuts_found = 0.0, 0, 0, 0
         decoded, end, stopped = 0, 0.0, False
+        # Fixed by the first frame: the detector compares frames of one shape, and a stream
+        # may change resolution midway.
+        scene_size: tuple[int, int] | None = None
         for frame in video.frames():
             if stop is not None and stop.is_set():
                 stopped = True
                 break
             decoded += 1
-            _check_frame(frame, limits, decoded, max_decoded)
+            _check_frame(frame, limits, decoded)
+            deadline.check()
+            scene_size = scene_size or _scene_size(frame.width, frame.height)
             t0 = time.thread_time()
-            cut = cuts.is_cut(frame.time_s, frame.small_bgr())
+            cut = cuts.is_cut(frame.time_s, frame.small_bgr(scene_size))
             t1 = time.thread_time()
             timings.scenes_s += t1 - t0
             cuts_found += cut
@@ -224,7 +284,7 @@ class _Frame(Protocol):
     @property
     def height(self) -> int: ...
 
-    def small_bgr(self) -> np.ndarray: ...
+    def small_bgr(self, size: tuple[int, int]) -> np.ndarray: ...
 
     def image(self) -> Image.Image: ...
 
@@ -243,21 +303,17 @@ class _Video(Protocol):
     def check_complete(self, decoded_end_s: float) -> None: ...
 
 
-def _check_frame(frame: _Frame, limits: VideoLimits, decoded: int, max_decoded: int) -> None:
+def _check_frame(frame: _Frame, limits: VideoLimits, decoded: int) -> None:
     if frame.width * frame.height > limits.max_pixels:
         raise VideoError("video_too_large", _too_many_pixels(frame.width, frame.height, limits))
     if frame.time_s > limits.max_duration_s:
         raise VideoError("video_too_long", _too_long(frame.time_s, limits, "runs past"))
-    if decoded > max_decoded:
-        raise VideoError(
-            "video_too_large",
-            f"more than {max_decoded} frames ({MAX_FPS} per second of the "
-            f"{limits.max_duration_s:g} s limit)",
-        )
+    if decoded > limits.max_decoded:
+        raise VideoError("video_too_large", _too_many_frames(limits))
 
 
 @contextmanager
-def _open(data: bytes, limits: VideoLimits) -> Iterator[_Video]:
+def _open(data: bytes, limits: VideoLimits, deadline: _Deadline) -> Iterator[_Video]:
     if not data:
         raise VideoError("empty_video", "the video is empty (0 bytes)")
     demuxer = next(
@@ -269,10 +325,10 @@ def _open(data: bytes, limits: VideoLimits) -> Iterator[_Video]:
         None,
     )
     if demuxer is not None:
-        with _AvVideo.open(data, demuxer, limits) as video:
+        with _AvVideo.open(data, demuxer, limits, deadline) as video:
             yield video
         return
-    animation = _Animation.open(data, limits)
+    animation = _Animation.open(data, limits, deadline)
     if animation is None:
         raise VideoError(
             "unsupported_video",
@@ -322,8 +378,8 @@ class _AvFrame:
     def height(self) -> int:
         return self.frame.height
 
-    def small_bgr(self) -> np.ndarray:
-        width, height = _scene_size(self.frame.width, self.frame.height)
+    def small_bgr(self, size: tuple[int, int]) -> np.ndarray:
+        width, height = size
         small = self.reformatter.reformat(
             self.frame, width, height, "bgr24", interpolation=Interpolation.FAST_BILINEAR
         )
@@ -337,8 +393,11 @@ class _AvFrame:
 
 
 class _AvVideo:
-    def __init__(self, container: av.container.InputContainer, limits: VideoLimits) -> None:
+    def __init__(
+        self, container: av.container.InputContainer, limits: VideoLimits, deadline: _Deadline
+    ) -> None:
         self._container = container
+        self._deadline = deadline
         stream = next(
             (s for s in container.streams.video if not s.disposition & Disposition.attached_pic),
             None,
@@ -358,7 +417,7 @@ class _AvVideo:
         self.duration_s = (
             self._declared
             if self._declared is not None
-            else _demuxed_duration(stream, container, limits.max_duration_s)
+            else _demuxed_duration(stream, container, limits.max_duration_s, deadline)
         )
         if self.duration_s > limits.max_duration_s:
             raise VideoError("video_too_long", _too_long(self.duration_s, limits, "lasts"))
@@ -373,14 +432,16 @@ class _AvVideo:
 
     @classmethod
     @contextmanager
-    def open(cls, data: bytes, demuxer: str, limits: VideoLimits) -> Iterator[_AvVideo]:
+    def open(
+        cls, data: bytes, demuxer: str, limits: VideoLimits, deadline: _Deadline
+    ) -> Iterator[_AvVideo]:
         with _unreadable(f"the {_NAMES[demuxer]} container cannot be read"):
             container = av.open(
                 io.BytesIO(data), mode="r", format=demuxer, metadata_errors="replace"
             )
         try:
             with _unreadable(f"the {_NAMES[demuxer]} header cannot be read"):
-                video = cls(container, limits)
+                video = cls(container, limits, deadline)
             yield video
         finally:
             container.close()
@@ -411,6 +472,7 @@ class _AvVideo:
     def _decoded(self) -> Iterator[av.VideoFrame]:
         packets = self._container.demux(self._stream)
         while True:
+            self._deadline.check()  # bad packets yield no frame for the scan to check on
             try:
                 packet = next(packets)
             except StopIteration:
@@ -485,7 +547,10 @@ def _tag_seconds(value: str) -> float | None:
 
 
 def _demuxed_duration(
-    stream: av.VideoStream, container: av.container.InputContainer, max_s: float
+    stream: av.VideoStream,
+    container: av.container.InputContainer,
+    max_s: float,
+    deadline: _Deadline,
 ) -> float:
     """The end of the video's last packet, for streams whose header has no duration
     (live-recorded WebM): a demux-only pass, no decoding, stopping once past ``max_s``,
@@ -493,6 +558,7 @@ def _demuxed_duration(
     start, end = None, 0.0
     try:
         for packet in container.demux(stream):
+            deadline.check()
             if packet.pts is None or packet.time_base is None:
                 continue
             t = float(packet.pts * packet.time_base)
@@ -525,8 +591,8 @@ class _StillFrame:
     def height(self) -> int:
         return self.rgb.height
 
-    def small_bgr(self) -> np.ndarray:
-        small = self.rgb.resize(_scene_size(*self.rgb.size), Image.Resampling.BILINEAR)
+    def small_bgr(self, size: tuple[int, int]) -> np.ndarray:
+        small = self.rgb.resize(size, Image.Resampling.BILINEAR)
         return np.ascontiguousarray(np.asarray(small)[:, :, ::-1])
 
     def image(self) -> Image.Image:
@@ -534,17 +600,20 @@ class _StillFrame:
 
 
 class _Animation:
-    def __init__(self, img: Image.Image, durations_ms: list[int]) -> None:
+    def __init__(self, img: Image.Image, durations_ms: list[int], limits: VideoLimits) -> None:
         self._img = img
+        self._limits = limits
         self._durations_ms = durations_ms
         self.duration_s = sum(durations_ms) / 1000
         self.fps = len(durations_ms) / self.duration_s
 
     @classmethod
-    def open(cls, data: bytes, limits: VideoLimits) -> _Animation | None:
+    def open(cls, data: bytes, limits: VideoLimits, deadline: _Deadline) -> _Animation | None:
         """The animation in ``data``; None if it is no image Pillow knows."""
         if fmt := _cut_short(data):
             raise VideoError("truncated_video", f"the {fmt} file ends early: it is truncated")
+        if data.startswith(b"GIF8"):
+            _gif_layout(data, limits, deadline)
         try:
             # Still formats too, to name a still image as such.
             img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
@@ -552,19 +621,24 @@ class _Animation:
             return None
         except Image.DecompressionBombError as exc:
             raise VideoError("video_too_large", str(exc)) from None
-        except (OSError, ValueError, SyntaxError) as exc:
+        except _PILLOW_UNREADABLE as exc:
             raise VideoError("corrupt_video", f"the image header cannot be read: {exc}") from None
-        if img.width * img.height > limits.max_pixels:
-            raise VideoError("video_too_large", _too_many_pixels(img.width, img.height, limits))
-        if img.format not in _ANIMATIONS or not getattr(img, "is_animated", False):
-            raise VideoError(
-                "not_a_video", f"a still {img.format} image; score it with nsfw-detection"
-            )
+        _check_canvas(img, limits)
+        with _unreadable_frame(img, lambda: 0):
+            if img.format not in _ANIMATIONS or not getattr(img, "is_animated", False):
+                raise VideoError(
+                    "not_a_video", f"a still {img.format} image; score it with nsfw-detection"
+                )
+            count = img.n_frames
+        if count > limits.max_decoded:
+            raise VideoError("video_too_large", _too_many_frames(limits))
         durations: list[int] = []
         total_ms = 0
-        try:
-            for index in range(getattr(img, "n_frames", 1)):
+        with _unreadable_frame(img, lambda: len(durations)):
+            for index in range(count):
+                deadline.check()
                 img.seek(index)
+                _check_canvas(img, limits)
                 if "duration" not in img.info:
                     img.load()  # WebP reads a frame's duration with its pixels
                 delay = int(img.info.get("duration") or 0)
@@ -574,12 +648,7 @@ class _Animation:
                     raise VideoError(
                         "video_too_long", _too_long(total_ms / 1000, limits, "runs past")
                     )
-        except (OSError, ValueError, EOFError, SyntaxError) as exc:
-            raise VideoError(
-                "truncated_video" if "truncated" in str(exc) else "corrupt_video",
-                f"frame {len(durations)} of the {img.format} animation cannot be read: {exc}",
-            ) from None
-        return cls(img, durations)
+        return cls(img, durations, limits)
 
     def __enter__(self) -> _Animation:
         return self
@@ -590,14 +659,10 @@ class _Animation:
     def frames(self) -> Iterator[_StillFrame]:
         t = 0.0
         for index, delay in enumerate(self._durations_ms):
-            try:
+            with _unreadable_frame(self._img, lambda: index):
                 self._img.seek(index)
+                _check_canvas(self._img, self._limits)
                 rgba = self._img.convert("RGBA")
-            except (OSError, ValueError, EOFError, SyntaxError) as exc:
-                raise VideoError(
-                    "truncated_video" if "truncated" in str(exc) else "corrupt_video",
-                    f"frame {index} of the animation cannot be decoded: {exc}",
-                ) from None
             rgb = Image.new("RGB", rgba.size, BACKGROUND)
             rgb.paste(rgba, mask=rgba.getchannel("A"))
             yield _StillFrame(rgb, t, delay / 1000)
@@ -608,6 +673,73 @@ class _Animation:
 
     def check_complete(self, decoded_end_s: float) -> None:
         """Pillow raises on a cut-off animation while decoding it."""
+
+
+def _check_canvas(img: Image.Image, limits: VideoLimits) -> None:
+    if img.width * img.height > limits.max_pixels:
+        raise VideoError("video_too_large", _too_many_pixels(img.width, img.height, limits))
+
+
+@contextmanager
+def _unreadable_frame(img: Image.Image, index: Callable[[], int]) -> Iterator[None]:
+    """Pillow's errors on a frame it cannot read → ``truncated_video`` or ``corrupt_video``."""
+    try:
+        yield
+    except VideoError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise VideoError("video_too_large", str(exc)) from None
+    except _PILLOW_UNREADABLE as exc:
+        raise VideoError(
+            "truncated_video" if "truncated" in str(exc) else "corrupt_video",
+            f"frame {index()} of the {img.format} animation cannot be read: {exc}",
+        ) from None
+
+
+def _gif_layout(data: bytes, limits: VideoLimits, deadline: _Deadline) -> None:
+    """Walk the GIF's blocks as Pillow's reader does (a byte it does not know is skipped)
+    and refuse the file if a frame's extent would grow the canvas past ``max_pixels`` or
+    it holds too many frames. Pillow reports malformed files itself."""
+    if len(data) < 13:
+        return
+    width, height = struct.unpack_from("<HH", data, 6)
+    if width * height > limits.max_pixels:
+        return  # the screen alone: refused once opened, as any canvas is
+    pos = 13 + _colour_table_bytes(data[10])
+    frames = 0
+    while pos < len(data):
+        block, pos = data[pos], pos + 1
+        if block == 0x3B:  # trailer
+            return
+        if block == 0x21:  # extension: label, then data sub-blocks
+            pos = _skip_sub_blocks(data, pos + 1)
+        elif block == 0x2C and pos + 9 <= len(data):  # image descriptor
+            left, top, frame_w, frame_h, flags = struct.unpack_from("<HHHHB", data, pos)
+            width, height = max(width, left + frame_w), max(height, top + frame_h)
+            if width * height > limits.max_pixels:
+                raise VideoError(
+                    "video_too_large",
+                    f"frame {frames} of the GIF ({frame_w}x{frame_h} at {left},{top}) grows "
+                    f"the canvas to {width}x{height} = {width * height} pixels, over the "
+                    f"limit of {limits.max_pixels} pixels",
+                )
+            frames += 1
+            if frames > limits.max_decoded:
+                raise VideoError("video_too_large", _too_many_frames(limits))
+            deadline.check()
+            # local colour table, LZW code size, then the image data sub-blocks
+            pos = _skip_sub_blocks(data, pos + 9 + _colour_table_bytes(flags) + 1)
+
+
+def _colour_table_bytes(flags: int) -> int:
+    return 3 << ((flags & 7) + 1) if flags & 0x80 else 0
+
+
+def _skip_sub_blocks(data: bytes, pos: int) -> int:
+    """The position after the data sub-blocks at ``pos`` and their zero-length terminator."""
+    while pos < len(data) and data[pos]:
+        pos += data[pos] + 1
+    return pos + 1
 
 
 def _cut_short(data: bytes) -> str | None:
@@ -636,6 +768,13 @@ def _too_many_pixels(width: int, height: int, limits: VideoLimits) -> str:
 
 def _too_long(seconds: float, limits: VideoLimits, verb: str) -> str:
     return f"the video {verb} {seconds:.1f} s, over the limit of {limits.max_duration_s:g} s"
+
+
+def _too_many_frames(limits: VideoLimits) -> str:
+    return (
+        f"more than {limits.max_decoded} frames ({MAX_FPS} per second of the "
+        f"{limits.max_duration_s:g} s limit)"
+    )
 
 
 def _no_decoder() -> VideoError:

@@ -80,11 +80,7 @@ def score_path(file: Path, options: ScoringOptions, model: Path) -> VideoReport:
             "video_too_large", f"{size} bytes exceeds the {settings.max_video_bytes}-byte limit"
         )
     data = file.read_bytes()
-    limits = VideoLimits(
-        max_duration_s=settings.max_video_duration_s,
-        max_pixels=settings.max_video_pixels,
-        max_frames=settings.max_video_frames,
-    )
+    limits = VideoLimits.from_settings(settings)
     scorer = OnnxScorer(model)
     bar = tqdm(unit="s", desc=file.name, delay=0.5, leave=False, file=sys.stderr, disable=None)
     with bar:

@@ -5,8 +5,11 @@ KServe calls ``preprocess`` (parse the request, look the names up on Commons), `
 overlap, so they are one stage) and ``postprocess`` (the response, per-item errors).
 
 Videos are heavy, so at most ``VIDEO_WORKERS`` are downloaded and decoded at once, across
-requests, in their own thread pool: a long video never starves the image models' pool,
-and memory stays bounded by ``VIDEO_WORKERS × MAX_VIDEO_BYTES`` plus inline request bodies.
+requests, in their own thread pool: a long video never starves the image models' pool.
+Request bodies are parsed in the shared parse pool, so a request never waits behind a
+video to be read. Each video's scan is bounded by ``VIDEO_BUDGET_S`` of decoding, and the
+request's deadline bounds its lookups, its downloads and its wait for a worker. If one video fails for a server-side
+reason, its siblings are cancelled: the request fails anyway.
 """
 
 from __future__ import annotations
@@ -14,21 +17,22 @@ from __future__ import annotations
 import asyncio
 import math
 from concurrent.futures import Executor
+from http import HTTPStatus
 from dataclasses import dataclass
+from functools import partial
 
-import kserve
 import numpy as np
-import orjson
-from kserve.errors import InvalidInput
 
 from predictor.specs import NSFW
 from transformer.commons import CommonsClient
 from transformer.config import Settings
-from transformer.errors import ItemError
-from transformer.request import Instance, parse_request_in
+from transformer.errors import BadRequest, ItemError
+from transformer.request import Instance, parse_body, parse_request
 from transformer.responses import MODEL_VERSION_HEADER, error_prediction, respond
 from transformer.scoring import score
 from transformer.sources import VIDEOS, Source, download, resolve_all
+from transformer.tasks import all_or_none
+from transformer.triton_model import TritonModel
 from transformer.video import VideoError, VideoLimits
 from transformer.video_report import VideoReport
 from transformer.video_scoring import ScoringOptions, score_video
@@ -46,64 +50,61 @@ class VideoBatch:
     instances: list[Instance]
     options: list[ScoringOptions | ItemError]
     sources: list[Source]
+    deadline: float
     results: list[VideoReport | ItemError] | None = None
 
 
-class VideoModel(kserve.Model):
+class VideoModel(TritonModel):
     # The Triton model this one scores with; readiness is that model's (transformer.readiness).
     triton_model = NSFW.name
 
-    def __init__(self, settings: Settings, commons: CommonsClient, executor: Executor) -> None:
+    def __init__(
+        self, settings: Settings, commons: CommonsClient, executor: Executor, parser: Executor
+    ) -> None:
+        """``executor`` decodes videos (``VIDEO_WORKERS`` threads); ``parser`` parses bodies."""
         super().__init__(NAME, return_response_headers=True)
         self.settings = settings
         self.commons = commons
         self.executor = executor
-        self.limits = VideoLimits(
-            max_duration_s=settings.max_video_duration_s,
-            max_pixels=settings.max_video_pixels,
-            max_frames=settings.max_video_frames,
-        )
+        self.parser = parser
+        self.limits = VideoLimits.from_settings(settings)
         self._slots = asyncio.Semaphore(settings.video_workers)
 
-    def load(self) -> bool:
-        self.ready = True
-        return self.ready
-
     async def preprocess(self, payload: dict | bytes, headers: dict | None = None) -> VideoBatch:
-        if isinstance(payload, (bytes, bytearray)):
-            try:
-                payload = orjson.loads(payload)
-            except orjson.JSONDecodeError:
-                pass  # parse_request names the problem
-        instances = await parse_request_in(
-            self.executor,
-            payload,
-            max_instances=self.settings.max_instances,
-            max_bytes=self.settings.max_video_bytes,
-            media_key="video",
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.request_deadline_s
+        max_instances = self.settings.max_instances
+        body = await loop.run_in_executor(
+            self.parser, partial(parse_body, payload, max_instances=max_instances)
         )
-        assert isinstance(payload, dict)  # parse_request accepted it
-        defaults = _options(payload, ScoringOptions(), "the request")
+        instances = await loop.run_in_executor(
+            self.parser,
+            partial(
+                parse_request,
+                body,
+                max_instances=max_instances,
+                max_bytes=self.settings.max_video_bytes,
+                media_key="video",
+            ),
+        )
+        defaults = _options(body, ScoringOptions(), "the request")
         if isinstance(defaults, ItemError):
-            raise InvalidInput(defaults.message)
+            raise BadRequest(defaults.message)
         options = [
             _options(raw, defaults, f"instances[{i}]") if isinstance(raw, dict) else defaults
-            for i, raw in enumerate(payload["instances"])
+            for i, raw in enumerate(body["instances"])
         ]
         instances = [_renamed(inst) for inst in instances]
-        return VideoBatch(instances, options, await resolve_all(instances, self.commons))
+        sources = await resolve_all(instances, self.commons, deadline=deadline)
+        return VideoBatch(instances, options, sources, deadline)
 
     async def predict(
         self, batch: VideoBatch, headers: dict | None = None, response_headers: dict | None = None
     ) -> VideoBatch:
         versions: set[str] = set()
-        batch.results = list(
-            await asyncio.gather(
-                *(
-                    self._score(s, o, versions)
-                    for s, o in zip(batch.sources, batch.options, strict=True)
-                )
-            )
+        batch.results = await all_or_none(
+            self._score(s, o, batch.deadline, versions)
+            for s, o in zip(batch.sources, batch.options, strict=True)
         )
         if response_headers is not None and versions:
             response_headers[MODEL_VERSION_HEADER] = ",".join(sorted(versions))
@@ -119,30 +120,45 @@ class VideoModel(kserve.Model):
         return respond(self.name, predictions, results)
 
     async def _score(
-        self, source: Source, options: ScoringOptions | ItemError, versions: set[str]
+        self,
+        source: Source,
+        options: ScoringOptions | ItemError,
+        deadline: float,
+        versions: set[str],
     ) -> VideoReport | ItemError:
         if isinstance(source, ItemError):
             return source
         if isinstance(options, ItemError):
             return options
-        async with self._slots:
-            data = await download(self.commons, source, VIDEOS)
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._slots.acquire()
+        except TimeoutError:
+            return ItemError(
+                "deadline_exceeded",
+                f"the request's {self.settings.request_deadline_s:g} s deadline passed while "
+                f"every video worker ({self.settings.video_workers}) was busy",
+                HTTPStatus.GATEWAY_TIMEOUT,
+            )
+        try:
+            data = await download(self.commons, source, VIDEOS, deadline=deadline)
             if isinstance(data, ItemError):
                 return data
-            try:
-                scored = await score_video(
-                    data,
-                    limits=self.limits,
-                    options=options,
-                    scorer=lambda frames: self._triton(frames, versions),
-                    executor=self.executor,
-                    max_chunk=NSFW.max_batch_size,
-                )
-            except VideoError as exc:
-                return ItemError(exc.code, exc.message)
+            scored = await score_video(
+                data,
+                limits=self.limits,
+                options=options,
+                scorer=lambda frames: self._triton_scores(frames, versions),
+                executor=self.executor,
+                max_chunk=NSFW.max_batch_size,
+            )
+        except VideoError as exc:
+            return ItemError(exc.code, exc.message)
+        finally:
+            self._slots.release()
         return scored.report
 
-    async def _triton(self, batch: np.ndarray, versions: set[str]) -> np.ndarray:
+    async def _triton_scores(self, batch: np.ndarray, versions: set[str]) -> np.ndarray:
         scores = await score(self._grpc_client, NSFW, batch, self.settings.triton_timeout_s)
         versions.add(scores.model_version)
         return scores.values[:, NSFW.labels.index("nsfw")]

@@ -13,7 +13,6 @@ ends at the earliest such frame.
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
@@ -22,10 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from transformer.tensor import nsfw_tensor
-from transformer.video import Sample, Scan, VideoError, VideoLimits, scan_video
+from transformer.video import Sample, Scan, VideoLimits, scan_video
 from transformer.video_report import FrameScore, VideoReport, summarise
-
-log = logging.getLogger(__name__)
 
 # uint8 NHWC tensors → P(nsfw) per frame.
 Scorer = Callable[[np.ndarray], Awaitable[np.ndarray]]
@@ -66,15 +63,10 @@ async def score_video(
         loop.call_soon_threadsafe(samples.put_nowait, sample)
 
     def scan() -> Scan:
+        # video.py maps whatever the bytes can cause to a VideoError; anything else is a
+        # bug of ours and propagates (a 500).
         try:
             return scan_video(data, limits, nsfw_tensor, emit, stop=stop, progress=progress)
-        except VideoError:
-            raise
-        except Exception:
-            # A decoder failure video.py does not foresee: still the client's bytes, so an
-            # item error, never a 500; the traceback is for us.
-            log.exception("decoding a video failed unexpectedly")
-            raise VideoError("corrupt_video", "the video cannot be decoded") from None
         finally:
             emit(None)
 

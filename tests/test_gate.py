@@ -1,0 +1,190 @@
+"""The ASGI gate in front of KServe, driven directly with ASGI messages.
+
+What it does with real traffic is covered over HTTP by test_hostile.py; here are the parts
+that need an app we control: a server bug, a client that disconnects, a full budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from starlette.types import Message, Receive, Scope, Send
+
+from transformer.gate import OPAQUE_CONTENT_TYPE, Admission, RequestGate
+
+MODELS = ("logo-detection", "nsfw-detection")
+
+
+def scope(path: str = "/v1/models/logo-detection:predict", method: str = "POST", **headers: str) -> Scope:
+    return {
+        "type": "http",
+        "method": method,
+        "path": path,
+        "headers": [(k.replace("_", "-").encode(), v.encode()) for k, v in headers.items()],
+    }
+
+
+class Exchange:
+    """A client's side of one request: the body it sends, what it gets back."""
+
+    def __init__(self, chunks: list[bytes], disconnect_after_s: float | None = None) -> None:
+        self.chunks = list(chunks)
+        self.disconnect_after_s = disconnect_after_s
+        self.sent: list[Message] = []
+
+    async def receive(self) -> Message:
+        if self.chunks:
+            body = self.chunks.pop(0)
+            return {"type": "http.request", "body": body, "more_body": bool(self.chunks)}
+        if self.disconnect_after_s is None:
+            await asyncio.Event().wait()
+        await asyncio.sleep(self.disconnect_after_s or 0)
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: Message) -> None:
+        self.sent.append(message)
+
+    @property
+    def status(self) -> int:
+        return self.sent[0]["status"]
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {k.decode(): v.decode() for k, v in self.sent[0]["headers"]}
+
+    @property
+    def json(self) -> dict:
+        return json.loads(b"".join(m.get("body", b"") for m in self.sent[1:]))
+
+
+async def ok_app(scope: Scope, receive: Receive, send: Send) -> None:
+    message = await receive()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"x-body", str(len(message["body"])).encode())]})
+    await send({"type": "http.response.body", "body": b"{}"})
+
+
+def gate(app=ok_app, max_requests: int = 4, max_bytes: int = 1000, max_body: int = 500) -> RequestGate:
+    return RequestGate(app, models=MODELS, max_body=max_body, admission=Admission(max_requests, max_bytes))
+
+
+async def test_a_server_bug_is_a_500_with_only_a_request_id() -> None:
+    async def buggy(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        raise KeyError("internal detail")
+
+    exchange = Exchange([b"{}"])
+    await gate(buggy)(scope(x_request_id="req-1"), exchange.receive, exchange.send)
+    assert exchange.status == 500
+    assert exchange.json == {"error": "internal server error", "request_id": "req-1"}
+    assert exchange.headers["x-request-id"] == "req-1"
+
+
+async def test_a_disconnect_cancels_the_work() -> None:
+    cancelled = asyncio.Event()
+
+    async def slow(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    exchange = Exchange([b"{}"], disconnect_after_s=0.05)
+    guarded = gate(slow)
+    await asyncio.wait_for(guarded(scope(), exchange.receive, exchange.send), 5)
+    assert cancelled.is_set()
+    assert exchange.sent == []
+    assert guarded.admission.requests == 0 and guarded.admission.bytes == 0
+
+
+async def test_a_full_budget_answers_503_with_retry_after() -> None:
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def held(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        started.set()
+        await release.wait()
+        await ok_app(scope, _body(b"{}"), send)
+
+    guarded = gate(held, max_requests=1)
+    first = Exchange([b"{}"])
+    running = asyncio.ensure_future(guarded(scope(), first.receive, first.send))
+    await started.wait()
+    second = Exchange([b"{}"])
+    await guarded(scope(), second.receive, second.send)
+    assert second.status == 503
+    assert second.headers["retry-after"] == "1"
+    release.set()
+    await running
+    assert first.status == 200
+    assert guarded.admission.requests == 0
+
+
+async def test_bytes_in_flight_are_bounded_while_reading() -> None:
+    exchange = Exchange([b"x" * 400, b"x" * 400])
+    guarded = gate(max_bytes=600, max_body=1000)
+    await guarded(scope(), exchange.receive, exchange.send)
+    assert exchange.status == 503
+    assert guarded.admission.bytes == 0
+
+
+async def test_a_declared_or_streamed_body_over_the_limit_is_413() -> None:
+    declared = Exchange([b"{}"])
+    await gate()(scope(content_length="501"), declared.receive, declared.send)
+    assert declared.status == 413
+    streamed = Exchange([b"x" * 300, b"x" * 300])
+    await gate(max_bytes=10_000)(scope(), streamed.receive, streamed.send)
+    assert streamed.status == 413
+
+
+async def test_predict_bodies_reach_the_app_as_opaque_bytes() -> None:
+    seen: list[Scope] = []
+
+    async def spy(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(scope)
+        await ok_app(scope, receive, send)
+
+    exchange = Exchange([b'{"instances"', b": []}"])
+    await gate(spy)(
+        scope(content_type="application/json", ce_specversion="1.0"), exchange.receive, exchange.send
+    )
+    assert exchange.headers["x-body"] == str(len(b'{"instances": []}'))
+    headers = dict(seen[0]["headers"])
+    assert headers[b"content-type"] == OPAQUE_CONTENT_TYPE
+    assert b"ce-specversion" not in headers
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "expected"),
+    [
+        ("GET", "/", "probe"),
+        ("GET", "/metrics", "probe"),
+        ("GET", "/v1/models/logo-detection", "probe"),
+        ("GET", "/v2/models/nsfw-detection/ready", "probe"),
+        ("GET", "/v2/health/ready", "probe"),
+        ("POST", "/v1/models/nsfw-detection:predict", "predict"),
+        ("POST", "/v2/repository/models/nsfw-detection/unload", 404),
+        ("POST", "/v2/repository/index", 404),
+        ("POST", "/v1/models/logo-detection:explain", 501),
+        ("POST", "/v2/models/logo-detection/infer", 404),
+        ("POST", "/v1/models/other:predict", 404),
+        ("GET", "/v1/models/logo-detection:predict", 405),
+        ("DELETE", "/v1/models/logo-detection", 405),
+        ("POST", "/", 405),
+        ("GET", "/docs", 404),
+    ],
+)
+def test_routes(method: str, path: str, expected: str | int) -> None:
+    route = gate().route(method, path)
+    assert (route if isinstance(route, str) else route.status) == expected
+
+
+def _body(data: bytes) -> Receive:
+    async def receive() -> Message:
+        return {"type": "http.request", "body": data, "more_body": False}
+
+    return receive
