@@ -161,14 +161,26 @@ class TritonProcess:
         raise TimeoutError(f"tritonserver not ready after {timeout_s:.0f} s")
 
     def stop(self, timeout_s: float = 20.0) -> None:
-        if self.process is None or self.process.poll() is not None:
+        if self.process is None:
             return
-        self.process.send_signal(signal.SIGTERM)
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.reap()
+
+    def reap(self) -> None:
+        """Kill what the server left behind in its process group: a Python-backend stub
+        outlives a killed server (measured: for good), holding its model and shared memory."""
+        if self.process is None:
+            return
         try:
-            self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
     def __enter__(self) -> TritonProcess:
         self.start()
@@ -197,8 +209,8 @@ class TritonSupervisor:
     This is what the kubelet does for the pod's Triton container: clients keep their
     address and reconnect on their own. Restarts back off from ``initial_backoff_s``,
     doubling up to ``max_backoff_s``, so a server that crashes at start-up does not spin;
-    a run that lasted ``stable_after_s`` resets the backoff. Nothing of a killed server
-    needs cleaning: its Python backend stubs exit within seconds, shared memory included.
+    a run that lasted ``stable_after_s`` resets the backoff. A dead server's Python-backend
+    stubs are killed before the next one starts (``TritonProcess.reap``).
     """
 
     def __init__(
@@ -272,6 +284,7 @@ class TritonSupervisor:
                 return
             if time.monotonic() - started >= self.stable_after_s:
                 backoff_s = self.initial_backoff_s
+            self.triton.reap()
             self.log(
                 f"tritonserver {describe_exit(self.process.returncode)}; "
                 f"restarting in {backoff_s:g} s"

@@ -85,8 +85,8 @@ def fake_commons(commons_files: dict[str, bytes]) -> Iterator[FakeCommons]:
 @pytest.fixture(scope="session")
 def transformer_process(
     triton: TritonPorts, fake_commons: FakeCommons, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[str, subprocess.Popen]]:
-    """The transformer's URL and process."""
+) -> Iterator[tuple[str, subprocess.Popen, Path]]:
+    """The transformer's URL, process and log."""
     port = free_port()
     env = dict(os.environ)
     env.update(
@@ -103,7 +103,7 @@ def transformer_process(
         url = f"http://127.0.0.1:{port}"
         try:
             wait_transformer(url, process, log)
-            yield url, process
+            yield url, process, log
         finally:
             process.terminate()
             try:
@@ -113,7 +113,7 @@ def transformer_process(
 
 
 @pytest.fixture(scope="session")
-def transformer_url(transformer_process: tuple[str, subprocess.Popen]) -> str:
+def transformer_url(transformer_process: tuple[str, subprocess.Popen, Path]) -> str:
     return transformer_process[0]
 
 

@@ -44,6 +44,19 @@ def tree(pids: Iterable[int]) -> list[int]:
     return found
 
 
+def group_members(pgid: int) -> list[int]:
+    """The live processes in process group ``pgid``."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
 class _Poller:
     interval_s = 0.1
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import subprocess
+from pathlib import Path
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -172,9 +173,9 @@ _seen: dict[str, dict[str, float]] = {}
 
 @pytest.fixture(scope="module")
 def watches(
-    transformer_process: tuple[str, subprocess.Popen], triton_server: TritonProcess
+    transformer_process: tuple[str, subprocess.Popen, Path], triton_server: TritonProcess
 ) -> Iterator[tuple[MemoryWatch, ReadinessWatch]]:
-    url, process = transformer_process
+    url, process, _ = transformer_process
     assert triton_server.process is not None
     memory = MemoryWatch([process.pid, triton_server.process.pid])
     with memory, ReadinessWatch(f"{url}/v1/models/{NSFW}") as readiness:
@@ -274,6 +275,14 @@ def test_liveness_and_readiness_after_the_hostile_cases(client: httpx.Client) ->
     assert client.get("/").status_code == 200
     for name in (LOGO, NSFW, VIDEO):
         assert client.get(f"/v1/models/{name}").json() == {"name": name, "ready": True}
+
+
+def test_no_traceback_was_logged_for_the_hostile_cases(
+    transformer_process: tuple[str, subprocess.Popen, Path],
+) -> None:
+    """Client mistakes are answered, not logged as server errors."""
+    log = transformer_process[2].read_text(errors="replace")
+    assert "Traceback" not in log, log[log.index("Traceback") - 500 :][:3000]
 
 
 def test_request_ids_are_echoed_when_sane(client: httpx.Client) -> None:

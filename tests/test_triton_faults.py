@@ -24,6 +24,7 @@ from predictor.stack import transformer_command
 from predictor.triton_server import TritonPorts, TritonSupervisor
 from tests import images
 from tests.conftest import MODEL_REPOSITORY, ROOT, free_port, wait_transformer
+from tests.resources import group_members
 
 LOGO = "/v1/models/logo-detection:predict"
 CLIENTS = 4
@@ -206,6 +207,7 @@ def test_killed_triton_answers_503_then_recovers(
     )
     assert transformer.process.poll() is None, "the transformer exited"
     assert supervised.process.pid != killed.pid and supervised.restarts >= 1
+    assert not group_members(killed.pid), "the killed server's backend stubs outlived it"
     statuses = {o.status for o in load.outcomes}
     assert statuses <= {200, 503}, f"statuses seen: {statuses}"
     assert any(o.status == 503 for o in during), "the outage went unnoticed"

@@ -79,7 +79,7 @@ def main() -> None:
     server.dataplane = TritonModelReadiness(model_registry=server.registered_models, expected=names)
     # KServe logs every readiness probe's Triton check at INFO: once a second per probe.
     logging.getLogger("kserve.trace").setLevel(logging.WARNING)
-    logging.getLogger("kserve").addFilter(_drop_infer_tracebacks)
+    logging.getLogger("kserve.trace").addFilter(_drop_infer_tracebacks)
     server.start(models)
 
 

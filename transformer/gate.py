@@ -29,8 +29,9 @@ from dataclasses import dataclass
 from http import HTTPStatus
 
 from prometheus_client import Counter
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from transformer.http_errors import JSONResponse
 
 log = logging.getLogger(__name__)
 

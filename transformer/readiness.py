@@ -21,10 +21,10 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from http import HTTPStatus
 
-from fastapi.responses import ORJSONResponse
 from kserve.inference_client import InferenceGRPCClient
 from kserve.protocol.dataplane import DataPlane
 
+from transformer.http_errors import JSONResponse
 from transformer.scoring import triton_client
 
 
@@ -55,18 +55,18 @@ class TritonModelReadiness(DataPlane):
             self._inference_grpc_client = triton_client(self.predictor_config.predictor_host)
         return self._inference_grpc_client
 
-    async def live(self) -> ORJSONResponse:  # type: ignore[override]
+    async def live(self) -> JSONResponse:  # type: ignore[override]
         missing = [
             name
             for name in self.expected
             if (model := self.model_registry.get_model(name)) is None or not model.ready
         ]
         if missing:
-            return ORJSONResponse(
+            return JSONResponse(
                 {"status": "not alive", "error": f"models not loaded: {', '.join(missing)}"},
                 status_code=HTTPStatus.SERVICE_UNAVAILABLE,
             )
-        return ORJSONResponse({"status": "alive"})
+        return JSONResponse({"status": "alive"})
 
     async def model_ready(
         self, model_name: str, disable_predictor_health_check: bool = False
