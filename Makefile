@@ -29,7 +29,7 @@ $(REPOSITORY_STAMP): build/logo/model.onnx build/nsfw/model.onnx predictor/specs
 	touch $@
 
 serve: models
-	$(PY) -m predictor serve
+	$(PY) -m stack
 
 test: models $(HELM)
 	$(PY) -m pytest

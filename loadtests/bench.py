@@ -18,7 +18,6 @@ import asyncio
 import base64
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -39,9 +38,9 @@ from PIL import Image
 from loadtests import payloads
 from predictor import repository
 from predictor.specs import SPECS, ModelSpec
-from predictor.stack import transformer_command
-from predictor.triton_server import TritonPorts, TritonProcess
-from tests.images import encode
+from predictor.triton_server import TritonPorts
+from stack import Stack, free_port
+from devtools.images import encode
 from transformer.decode import decode_image
 from transformer.tensor import LOGO_MIN_SIDE, NSFW_MIN_SIDE, logo_tensor, nsfw_tensor
 
@@ -85,12 +84,6 @@ class Result:
             "peak_rss_mb": self.peak_rss_mb,
             "triton_batch": None if self.triton_batch is None else round(self.triton_batch, 2),
         }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def onnx_path(name: str) -> Path:
@@ -344,54 +337,50 @@ def main(
         results.append(ceiling(spec, tensors_for(spec.name, images), duration))
         print(render_table(results[-1:]).splitlines()[-1], flush=True)
 
-    ports = TritonPorts(http=free_port(), grpc=free_port(), metrics=free_port())
-    http_port, baseline_port = free_port(), free_port()
-    log_dir = out.parent
-    env = dict(os.environ)
-    if decode_threads is not None:
-        env["DECODE_THREADS"] = str(decode_threads)
-    with open(log_dir / "triton.log", "wb") as triton_log, open(log_dir / "transformer.log", "wb") as tf_log:
-        triton = TritonProcess(served, ROOT / "build", ports, output=triton_log)
-        with triton:
-            triton.wait_ready(180)
-            command = transformer_command(http_port, ports) + [f"--workers={workers}"]
-            transformer = subprocess.Popen(command, cwd=ROOT, env=env,
-                                           stdout=tf_log, stderr=subprocess.STDOUT)
-            baseline = subprocess.Popen(
-                [sys.executable, "-m", "loadtests.liftwing_baseline", f"--port={baseline_port}",
-                 f"--model-repository={served}"], cwd=ROOT,
-                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-            )
-            try:
-                url = f"http://127.0.0.1:{http_port}"
-                baseline_url = f"http://127.0.0.1:{baseline_port}"
-                for spec in SPECS:
-                    wait_http(f"{url}/v1/models/{spec.name}", transformer)
-                wait_http(baseline_url + "/", baseline)
-                triton_procs = processes(psutil.Process(triton.process.pid))
-                stack_procs = triton_procs + processes(psutil.Process(transformer.pid))
-                for spec in specs:
-                    batch = tensors_for(spec.name, images)
-                    steps = [
-                        *(
-                            ("b", lambda p=p: triton_direct(spec, ports, batch, concurrency,
-                                                            duration, triton_procs, p))
-                            for p in triton_protocol.split(",")
-                        ),
-                        ("c", lambda: over_http("c end to end (transformer + Triton)", url, spec,
-                                                bodies, concurrency, duration, stack_procs, ports)),
-                        ("d", lambda: over_http("d Lift Wing-style baseline", baseline_url, spec,
-                                                bodies, concurrency, duration,
-                                                [psutil.Process(baseline.pid)])),
-                    ]
-                    for key, step in steps:
-                        if key in setups:
-                            results.append(asyncio.run(step()))
-                            print(render_table(results[-1:]).splitlines()[-1], flush=True)
-            finally:
-                for proc in (transformer, baseline):
-                    proc.terminate()
-                    proc.wait(timeout=20)
+    baseline_port = free_port()
+    env = {"DECODE_THREADS": str(decode_threads)} if decode_threads is not None else {}
+    stack = Stack(
+        model_repository=served,
+        env=env,
+        transformer_args=[f"--workers={workers}"],
+        models=[spec.name for spec in SPECS],
+        logs=out.parent,
+    )
+    with stack:
+        assert stack.triton is not None and stack.transformer is not None
+        ports = stack.triton_ports
+        baseline = subprocess.Popen(
+            [sys.executable, "-m", "loadtests.liftwing_baseline", f"--port={baseline_port}",
+             f"--model-repository={served}"], cwd=ROOT,
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        )
+        try:
+            url = stack.url
+            baseline_url = f"http://127.0.0.1:{baseline_port}"
+            wait_http(baseline_url + "/", baseline)
+            triton_procs = processes(psutil.Process(stack.triton.process.pid))
+            stack_procs = triton_procs + processes(psutil.Process(stack.transformer.pid))
+            for spec in specs:
+                batch = tensors_for(spec.name, images)
+                steps = [
+                    *(
+                        ("b", lambda p=p: triton_direct(spec, ports, batch, concurrency,
+                                                        duration, triton_procs, p))
+                        for p in triton_protocol.split(",")
+                    ),
+                    ("c", lambda: over_http("c end to end (transformer + Triton)", url, spec,
+                                            bodies, concurrency, duration, stack_procs, ports)),
+                    ("d", lambda: over_http("d Lift Wing-style baseline", baseline_url, spec,
+                                            bodies, concurrency, duration,
+                                            [psutil.Process(baseline.pid)])),
+                ]
+                for key, step in steps:
+                    if key in setups:
+                        results.append(asyncio.run(step()))
+                        print(render_table(results[-1:]).splitlines()[-1], flush=True)
+        finally:
+            baseline.terminate()
+            baseline.wait(timeout=20)
 
     summary = {
         "command": " ".join(sys.argv),

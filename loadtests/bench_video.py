@@ -6,13 +6,13 @@ CRF 23, a new textured scene every 5 s with a slow pan and sensor-like noise, ab
 ``--repeat`` times, medians reported:
 
 decode       PyAV decoding every frame, nothing else (FFmpeg's own threads, as the service);
-scan         ``transformer.video.scan_video``: decoding, scene detection on 160 px frames and
-             ``nsfw_tensor`` of the sampled frames, with its own split (``Timings``: CPU
+scan         ``transformer.video.sampling.scan_video``: decoding, scene detection on 160 px
+             frames and ``nsfw_tensor`` of the sampled frames, with its own split (``Timings``: CPU
              seconds of scene detection and of preprocessing, the rest of the wall time);
 inference    the sampled frames' tensors through open_nsfw on ONNX Runtime, 2 threads,
              batches of 32: what Triton's CPU instance does with them;
-in-process   ``transformer.video_scoring.score_video`` with ONNX Runtime in this process
-             (``transformer.video_cli``): decoding and inference overlap;
+in-process   ``transformer.video.pipeline.score_video`` with ONNX Runtime in this process
+             (``transformer.video.cli``): decoding and inference overlap;
 stack        with ``--stack``: Triton and the transformer as subprocesses, the clip POSTed
              as base64 JSON to ``nsfw-video-detection``, without early exit.
 
@@ -25,9 +25,7 @@ import asyncio
 import base64
 import io
 import json
-import socket
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -43,14 +41,14 @@ import psutil
 import typer
 from PIL import Image
 
-from predictor.specs import NSFW
-from predictor.stack import transformer_command
-from predictor.triton_server import TritonPorts, TritonProcess
+from predictor.specs import NSFW, VIDEO_MODEL
+from stack import Stack
 from transformer.config import load_settings
 from transformer.tensor import nsfw_tensor
-from transformer.video import Sample, Scan, VideoLimits, scan_video
-from transformer.video_cli import DEFAULT_MODEL, OnnxScorer
-from transformer.video_scoring import ScoringOptions, score_video
+from transformer.video.cli import DEFAULT_MODEL, OnnxScorer
+from transformer.video.limits import VideoLimits
+from transformer.video.pipeline import ScoringOptions, score_video
+from transformer.video.sampling import Sample, Scan, scan_video
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIP = ROOT / "build" / "bench" / "clip_60s_480p.mp4"
@@ -161,54 +159,23 @@ def in_process(data: bytes, limits: VideoLimits, scorer: OnnxScorer) -> int:
 
 
 def through_stack(data: bytes, repeat: int) -> Timing:
-    ports = TritonPorts(http=_free_port(), grpc=_free_port(), metrics=_free_port())
-    http_port = _free_port()
     instance = {"filename": CLIP.name, "video": base64.b64encode(data).decode()}
     # Encoded once, so the timings are the server's, not this client's JSON encoder's.
     body = json.dumps({"instances": [instance]}).encode()
     headers = {"Content-Type": "application/json"}
-    url = f"http://127.0.0.1:{http_port}"
-    logs = ROOT / "build" / "bench"
-    with open(logs / "triton.log", "wb") as triton_log, open(logs / "transformer.log", "wb") as log:
-        with TritonProcess(
-            ROOT / "model_repository", ROOT / "build", ports, output=triton_log
-        ) as triton:
-            triton.wait_ready(180)
-            transformer = subprocess.Popen(
-                transformer_command(http_port, ports),
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-            try:
-                with httpx.Client(base_url=url, timeout=120) as client:
-                    _wait_ready(client, transformer)
-                    path = "/v1/models/nsfw-video-detection:predict"
-                    client.post(path, content=body, headers=headers).raise_for_status()  # warm-up
+    with (
+        Stack(models=[VIDEO_MODEL], logs=ROOT / "build" / "bench") as served,
+        httpx.Client(base_url=served.url, timeout=120) as client,
+    ):
+        path = f"/v1/models/{VIDEO_MODEL}:predict"
+        client.post(path, content=body, headers=headers).raise_for_status()  # warm-up
 
-                    def post() -> dict:
-                        response = client.post(path, content=body, headers=headers)
-                        response.raise_for_status()
-                        return response.json()["predictions"][0]
+        def post() -> dict:
+            response = client.post(path, content=body, headers=headers)
+            response.raise_for_status()
+            return response.json()["predictions"][0]
 
-                    return timed(post, repeat, _servers_cpu_seconds)
-            finally:
-                transformer.terminate()
-                transformer.wait(timeout=20)
-
-
-def _wait_ready(client: httpx.Client, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError("the transformer exited; see build/bench/transformer.log")
-        try:
-            if client.get("/v1/models/nsfw-video-detection").status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    raise TimeoutError("the transformer was not ready within 120 s")
+        return timed(post, repeat, _servers_cpu_seconds)
 
 
 def _servers_cpu_seconds() -> float:
@@ -219,12 +186,6 @@ def _servers_cpu_seconds() -> float:
         times = process.cpu_times()
         total += times.user + times.system
     return total
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _row(name: str, timing: Timing, note: str) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from predictor.logo.sources import DEB_PACKAGES, PHOTOS
-from tests.images import encode
+from devtools.images import encode
 from transformer.decode import decode_image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,7 +79,7 @@ def large(count: int = 4) -> list[tuple[str, bytes]]:
 
 
 def clips(count: int = 2) -> list[tuple[str, bytes]]:
-    from tests.videos import H264, encode as encode_video
+    from devtools.videos import H264, encode as encode_video
 
     photos = _photos()
     out = []

@@ -1,7 +1,7 @@
 """`make loadtest`: a headless Locust run, its report, and a regression gate.
 
 Without ``--url`` it starts what `make serve` starts (Triton + transformer on the built
-model repository) plus a local MediaWiki-API server (tests/fake_commons.py) hosting the
+model repository) plus a local MediaWiki-API server (devtools/fake_commons.py) hosting the
 payload images, so lookups by name work offline; with ``--url`` it loads that deployment.
 
 Writes ``<out>/stats_*.csv`` (Locust), ``<out>/throughput.png`` and
@@ -21,14 +21,11 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-import httpx
 import typer
 
 from loadtests import payloads
-from loadtests.bench import free_port, wait_http
-from predictor.specs import SPECS
-from predictor.stack import transformer_command
-from predictor.triton_server import TritonPorts, TritonProcess
+from stack import Stack
+from stack.launcher import commons_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 BASELINE = Path(__file__).with_name("baseline.json")
@@ -113,32 +110,14 @@ def gate(summary: dict[str, float], baseline: dict[str, float], tolerance: float
     return problems
 
 
-def start_local_stack(stack: ExitStack, out: Path, names_dir: Path) -> str:
-    """Fake Commons + Triton + transformer on free ports; returns the transformer URL."""
-    from tests.fake_commons import FakeCommons
+def start_local_stack(exits: ExitStack, out: Path, names_dir: Path) -> Stack:
+    """The MediaWiki stand-in serving ``names_dir``, then Triton and the transformer, all on
+    free ports and closed by ``exits``."""
+    from devtools.fake_commons import FakeCommons
 
     files = {p.name: p.read_bytes() for p in sorted(names_dir.iterdir())}
-    commons = stack.enter_context(FakeCommons(files))
-    ports = TritonPorts(http=free_port(), grpc=free_port(), metrics=free_port())
-    triton = TritonProcess(ROOT / "model_repository", ROOT / "build", ports,
-                           output=stack.enter_context(open(out / "triton.log", "wb")))
-    stack.enter_context(triton)
-    triton.wait_ready(180)
-    port = free_port()
-    env = dict(
-        os.environ,
-        COMMONS_API_URL=commons.api_url,
-        COMMONS_UPLOAD_HOSTS=json.dumps([httpx.URL(commons.api_url).netloc.decode()]),
-    )
-    transformer = subprocess.Popen(
-        transformer_command(port, ports), cwd=ROOT, env=env,
-        stdout=stack.enter_context(open(out / "transformer.log", "wb")), stderr=subprocess.STDOUT,
-    )
-    stack.callback(lambda: (transformer.terminate(), transformer.wait(timeout=20)))
-    url = f"http://127.0.0.1:{port}"
-    for spec in SPECS:
-        wait_http(f"{url}/v1/models/{spec.name}", transformer)
-    return url
+    commons = exits.enter_context(FakeCommons(files))
+    return exits.enter_context(Stack(env=commons_environment(commons.api_url), logs=out))
 
 
 def main(
@@ -153,7 +132,7 @@ def main(
     payload_dir = out / "payloads"
     names = write_payloads(payload_dir)
     with ExitStack() as stack:
-        target = url or start_local_stack(stack, out, payload_dir)
+        target = url or start_local_stack(stack, out, payload_dir).url
         env = dict(
             os.environ,
             LOADTEST_PAYLOADS=str(payload_dir),

@@ -214,9 +214,9 @@ def main(
     capacity: dict[int, float] = {}
     samples: list[Sample] = []
     with ExitStack() as stack:
-        target = url or start_local_stack(stack, out, payload_dir)
-        # Before Locust runs, this process's children are the stack (Triton and transformer).
-        roots = [] if url else psutil.Process().children()
+        local = None if url else start_local_stack(stack, out, payload_dir)
+        target = url or local.url
+        roots = [psutil.Process(pid) for pid in local.pids()] if local else []
         if not rate:
             run_locust("CapacityUser", ramp, out / "capacity", target, env).wait()
             capacity = step_rates(history(out / "capacity"))

@@ -1,4 +1,4 @@
-"""``python -m predictor``: export models, generate the model repository, run Triton."""
+"""``python -m predictor``: export the NSFW model, generate the model repository."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ from pathlib import Path
 
 import typer
 
-from predictor import engines, nsfw_export, repository, stack
+from predictor import engines, nsfw_export, repository
 from predictor.specs import LOGO, NSFW
-from predictor.triton_server import TritonPorts
 
 app = typer.Typer(add_completion=False, no_args_is_help=True)
 
@@ -45,23 +44,6 @@ def build_repository(
     else:
         built = repository.build_cpu(out, onnx_files)
     typer.echo(f"wrote {built}")
-
-
-@app.command()
-def serve(
-    model_repository: Path = typer.Option(Path("model_repository")),
-    build_dir: Path = typer.Option(Path("build")),
-    http_port: int = typer.Option(8080, help="Transformer HTTP port (KServe default)."),
-    host: str = typer.Option(
-        "127.0.0.1", help="Transformer bind address; 0.0.0.0 serves other machines."
-    ),
-    triton_http_port: int = 8000,
-    triton_grpc_port: int = 8001,
-    triton_metrics_port: int = 8002,
-) -> None:
-    """Run Triton and the transformer in the foreground until Ctrl-C (``make serve``)."""
-    ports = TritonPorts(triton_http_port, triton_grpc_port, triton_metrics_port)
-    raise typer.Exit(stack.run(model_repository, build_dir, http_port, ports, host))
 
 
 if __name__ == "__main__":

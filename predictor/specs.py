@@ -83,3 +83,9 @@ NSFW = ModelSpec(name="nsfw-detection", labels=("sfw", "nsfw"))
 SPECS: tuple[ModelSpec, ...] = (LOGO, NSFW)
 
 ONNX_FILENAME = "model.onnx"
+
+# Every model the transformer serves, by name: each Triton model under its own name, and
+# the video model, which scores sampled frames with nsfw-detection. The launcher, the load
+# tests and the chart take the list from here.
+VIDEO_MODEL = "nsfw-video-detection"
+SERVED_MODELS: tuple[str, ...] = (*(spec.name for spec in SPECS), VIDEO_MODEL)

@@ -1,16 +1,12 @@
-"""The real stack for the tests: tritonserver, the transformer over HTTP, a fake Commons.
+"""The real stack for the tests: tritonserver, the transformer over HTTP, the MediaWiki
+stand-in.
 
-Triton and the transformer run as subprocesses on free ports, once per test session, on
-the model repository that ``make models`` generated.
+Triton and the transformer run as subprocesses on free ports (`stack.Stack`), once per
+test session, on the model repository that ``make models`` generated.
 """
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,41 +14,40 @@ import httpx
 import pytest
 
 from predictor.specs import SPECS
-from predictor.stack import TRANSFORMER_MODELS, transformer_command
-from predictor.triton_server import TritonPorts, TritonProcess
-from tests import images, videos
-from tests.fake_commons import FakeCommons
+from predictor.triton_server import TritonPorts
+from stack import Stack
+from stack.launcher import StackError, commons_environment
+from devtools import images, videos
+from devtools.fake_commons import FakeCommons
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_REPOSITORY = ROOT / "model_repository"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
-def triton_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonProcess]:
+def stack(fake_commons: FakeCommons, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Triton and the transformer, on free ports, for the whole session."""
     missing = [s.name for s in SPECS if not (MODEL_REPOSITORY / s.name / "config.pbtxt").exists()]
     if missing:
         pytest.fail(f"model repository lacks {missing}: run `make models` (make test does)")
-    ports = TritonPorts(http=free_port(), grpc=free_port(), metrics=free_port())
-    log = tmp_path_factory.mktemp("triton") / "triton.log"
-    with open(log, "wb") as output:
-        process = TritonProcess(MODEL_REPOSITORY, ROOT / "build", ports, output=output)
-        with process:
-            try:
-                process.wait_ready(timeout_s=180)
-            except (RuntimeError, TimeoutError) as exc:
-                pytest.fail(f"{exc}; log:\n{log.read_text()[-3000:]}")
-            yield process
+    env = {
+        **commons_environment(fake_commons.api_url),
+        "COMMONS_USER_AGENT": "commons-moderation-tests/0.1 (https://example.org/tests)",
+        "MAX_BODY_BYTES": str(48 * 1024 * 1024),
+    }
+    served = Stack(env=env, logs=tmp_path_factory.mktemp("stack"))
+    try:
+        served.start()
+    except StackError as exc:
+        served.stop()
+        pytest.fail(str(exc))
+    yield served
+    served.stop()
 
 
 @pytest.fixture(scope="session")
-def triton(triton_server: TritonProcess) -> TritonPorts:
-    return triton_server.ports
+def triton(stack: Stack) -> TritonPorts:
+    return stack.triton_ports
 
 
 @pytest.fixture(scope="session")
@@ -83,55 +78,8 @@ def fake_commons(commons_files: dict[str, bytes]) -> Iterator[FakeCommons]:
 
 
 @pytest.fixture(scope="session")
-def transformer_process(
-    triton: TritonPorts, fake_commons: FakeCommons, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[str, subprocess.Popen, Path]]:
-    """The transformer's URL, process and log."""
-    port = free_port()
-    env = dict(os.environ)
-    env.update(
-        COMMONS_API_URL=fake_commons.api_url,
-        COMMONS_UPLOAD_HOSTS=f'["{httpx.URL(fake_commons.api_url).netloc.decode()}"]',
-        COMMONS_USER_AGENT="commons-moderation-tests/0.1 (https://example.org/tests)",
-        MAX_BODY_BYTES=str(48 * 1024 * 1024),
-    )
-    log = tmp_path_factory.mktemp("transformer") / "transformer.log"
-    with open(log, "wb") as output:
-        process = subprocess.Popen(
-            transformer_command(port, triton), cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_transformer(url, process, log)
-            yield url, process, log
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-
-
-@pytest.fixture(scope="session")
-def transformer_url(transformer_process: tuple[str, subprocess.Popen, Path]) -> str:
-    return transformer_process[0]
-
-
-def wait_transformer(url: str, process: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"transformer exited ({process.returncode}):\n{log.read_text()[-3000:]}")
-        try:
-            if all(
-                httpx.get(f"{url}/v1/models/{name}", timeout=2).status_code == 200
-                for name in TRANSFORMER_MODELS
-            ):
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    pytest.fail(f"transformer not ready after 120 s:\n{log.read_text()[-3000:]}")
+def transformer_url(stack: Stack) -> str:
+    return stack.url
 
 
 @pytest.fixture

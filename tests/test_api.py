@@ -7,7 +7,7 @@ import base64
 import httpx
 import pytest
 
-from tests import images
+from devtools import images
 
 LOGO = "/v1/models/logo-detection:predict"
 TRUNCATED_JPEG = images.encode(images.photo(300, 200, 5), "JPEG")[:3000]
@@ -67,8 +67,8 @@ def test_body_without_json_content_type(client: httpx.Client, jpeg: bytes) -> No
     assert len(response.json()["predictions"]) == 1
 
 
-def test_filename_lookup_matches_inline_bytes(
-    client: httpx.Client, fake_commons, commons_files: dict[str, bytes]
+def test_filename_spellings_resolve_to_the_same_file(
+    client: httpx.Client, fake_commons
 ) -> None:
     names = ["File:Portrait_photo.jpg", "Portrait photo.jpg", "portrait_photo.jpg"]
     response = client.post(LOGO, json={"instances": [{"filename": n} for n in names]})
@@ -78,6 +78,61 @@ def test_filename_lookup_matches_inline_bytes(
     assert scores[0] == pytest.approx(scores[1], abs=1e-6) == pytest.approx(scores[2], abs=1e-6)
     # The 600x900 original is larger than the 330 px thumbnail: the thumbnail was fetched.
     assert any("/thumb/" in r.path for r in fake_commons.file_requests)
+
+
+@pytest.mark.parametrize("path", [LOGO, NSFW])
+def test_filename_lookup_scores_like_the_same_bytes_inline(
+    client: httpx.Client, fake_commons, commons_files: dict[str, bytes], path: str
+) -> None:
+    """By name, the transformer downloads a rendition (a thumbnail, or the original when it
+    is small); the very bytes it downloaded, sent inline, get the same scores."""
+    names = ["Portrait photo.jpg", "Tiny icon.png"]
+    before = len(fake_commons.file_requests)
+    by_name = client.post(path, json={"instances": [{"filename": n} for n in names]})
+    assert by_name.status_code == 200, by_name.text
+    fetched = [r.path for r in fake_commons.file_requests[before:]]
+    portrait = next(p for p in fetched if "Portrait_photo.jpg" in p)
+    icon = next(p for p in fetched if "Tiny_icon.png" in p)
+    assert portrait.startswith("/thumb/") and icon == "/original/Tiny_icon.png"
+    downloads = [httpx.get(fake_commons.base_url + p).content for p in (portrait, icon)]
+    assert downloads[1] == commons_files["Tiny icon.png"]
+
+    inline = [{"filename": n, "image": b64(d)} for n, d in zip(names, downloads, strict=True)]
+    by_bytes = client.post(path, json={"instances": inline})
+    assert by_bytes.status_code == 200, by_bytes.text
+    pairs = zip(by_name.json()["predictions"], by_bytes.json()["predictions"], strict=True)
+    for named, sent in pairs:
+        assert named["filename"] == sent["filename"]
+        assert named["prediction"] == pytest.approx(sent["prediction"], abs=1e-6)
+        assert named["out_of_domain"] == pytest.approx(sent["out_of_domain"], abs=1e-6)
+
+
+SVG_LOGO = b"""<svg xmlns="http://www.w3.org/2000/svg" width="240" height="80" viewBox="0 0 240 80">
+  <circle cx="40" cy="40" r="32" fill="#339966"/>
+  <rect x="28" y="28" width="24" height="24" fill="#ffffff"/>
+  <rect x="90" y="22" width="130" height="36" rx="8" fill="#006699"/>
+</svg>"""
+
+
+def test_svg_by_name_is_scored_from_its_rasterised_thumbnail(
+    client: httpx.Client, fake_commons
+) -> None:
+    """Commons lists SVGs as DRAWING (image/svg+xml) and serves PNG renders of them: the
+    logo model scores the render, as it would the same PNG inline."""
+    fake_commons.add_file("Green mark.svg", SVG_LOGO)
+    before = len(fake_commons.file_requests)
+    response = client.post(LOGO, json={"instances": [{"filename": "File:Green mark.svg"}]})
+    assert response.status_code == 200, response.text
+    (named,) = response.json()["predictions"]
+    assert_scored(named, "File:Green mark.svg", "logo")
+    (render,) = [r.path for r in fake_commons.file_requests[before:]]
+    # 80 px high at 240 px wide: the render is asked wide enough for a 224-px short side.
+    assert render.startswith("/thumb/Green_mark.svg/") and render.endswith("px-Green_mark.svg.png")
+    png = httpx.get(fake_commons.base_url + render)
+    assert png.headers["content-type"] == "image/png"
+    inline = client.post(LOGO, json={"instances": [{"image": b64(png.content)}]})
+    (sent,) = inline.json()["predictions"]
+    assert sent["prediction"] == pytest.approx(named["prediction"], abs=1e-6)
 
 
 def test_redirect_and_missing_and_invalid_titles(client: httpx.Client) -> None:

@@ -8,7 +8,7 @@ import base64
 import httpx
 
 from predictor.triton_server import TritonPorts
-from tests import images
+from devtools import images
 
 CONCURRENCY = 32
 

@@ -21,8 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests import images, videos
-from transformer import video_scoring
+from devtools import images, videos
 from transformer.decode import (
     DEFAULT_MAX_DECODE_BYTES,
     DecodeError,
@@ -30,8 +29,11 @@ from transformer.decode import (
     decode_image,
     peak_bytes,
 )
-from transformer.video import VideoError, VideoLimits, scan_video
-from transformer.video_scoring import ScoringOptions
+from transformer.video import pipeline
+from transformer.video.errors import VideoError
+from transformer.video.limits import VideoLimits
+from transformer.video.pipeline import ScoringOptions
+from transformer.video.sampling import scan_video
 
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 1024 * 1024
@@ -259,7 +261,7 @@ def test_unexpected_exceptions_are_not_video_errors(monkeypatch: pytest.MonkeyPa
 
     async def run() -> None:
         with ThreadPoolExecutor(1) as executor:
-            await video_scoring.score_video(
+            await pipeline.score_video(
                 videos.encode(videos.PHOTO_THEN_SKIN),
                 limits=LIMITS,
                 options=ScoringOptions(),
@@ -268,6 +270,6 @@ def test_unexpected_exceptions_are_not_video_errors(monkeypatch: pytest.MonkeyPa
                 max_chunk=8,
             )
 
-    monkeypatch.setattr(video_scoring, "nsfw_tensor", broken)
+    monkeypatch.setattr(pipeline, "nsfw_tensor", broken)
     with pytest.raises(RuntimeError, match="a bug in preprocessing"):
         asyncio.run(run())

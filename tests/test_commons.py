@@ -17,7 +17,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.fake_commons import FakeCommons, LoggedRequest, image_bytes
+from devtools.fake_commons import FakeCommons, LoggedRequest, image_bytes
 from transformer import commons
 from transformer.commons import (
     MAX_CONTINUATIONS,
@@ -28,6 +28,7 @@ from transformer.commons import (
     ItemError,
 )
 from transformer.config import Settings
+from transformer.errors import status_of
 from transformer.request import Instance
 from transformer.sources import commons_client, fetch_all
 
@@ -542,7 +543,7 @@ async def test_fetch_all_reports_the_deadline_per_looked_up_item(fake: FakeCommo
     assert results[0] == b"inline bytes"
     error = results[1]
     assert isinstance(error, ItemError)
-    assert (error.code, error.status) == ("deadline_exceeded", 504)
+    assert (error.code, status_of(error)) == ("deadline_exceeded", 504)
     assert "deadline" in error.message
 
 
@@ -611,7 +612,7 @@ async def test_a_web_page_instead_of_the_file_is_an_upstream_error(
         fake.fail_files(1, 200, body=body, content_type=content_type)
         result = await client.fetch(ok(file))
     assert error_code(result) == "fetch_failed"
-    assert isinstance(result, ItemError) and result.status == 502
+    assert isinstance(result, ItemError) and status_of(result) == 502
     assert "127.0.0.1" in result.message
     assert content_type in result.message
     assert len(fake.file_requests) == 1
@@ -623,7 +624,7 @@ async def test_a_file_served_as_a_web_page_fails_as_upstream(fake: FakeCommons) 
         assert (ok(file).mime, ok(file).mediatype) == ("image/jpeg", "BITMAP")
         (result,) = await fetch_all([Instance("Not really an image.jpg", None)], client)
     assert isinstance(result, ItemError)
-    assert (result.code, result.status) == ("fetch_failed", 502)
+    assert (result.code, status_of(result)) == ("fetch_failed", 502)
     assert "text/html" in result.message
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests import images
+from devtools import images
 from transformer.decode import BACKGROUND, DecodeError, decode_image
 from transformer.tensor import INPUT_SIZE, LOGO_MIN_SIDE, logo_tensor, nsfw_tensor
 

@@ -10,8 +10,6 @@ suite, and a readiness GET sent every 100 ms while the case runs always answers 
 from __future__ import annotations
 
 import base64
-import subprocess
-from pathlib import Path
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,8 +18,8 @@ import httpx
 import orjson
 import pytest
 
-from predictor.triton_server import TritonProcess
-from tests import images, videos
+from devtools import images, videos
+from stack import Stack
 from tests.conftest import ROOT
 from tests.resources import MemoryWatch, ReadinessWatch
 
@@ -172,13 +170,9 @@ _seen: dict[str, dict[str, float]] = {}
 
 
 @pytest.fixture(scope="module")
-def watches(
-    transformer_process: tuple[str, subprocess.Popen, Path], triton_server: TritonProcess
-) -> Iterator[tuple[MemoryWatch, ReadinessWatch]]:
-    url, process, _ = transformer_process
-    assert triton_server.process is not None
-    memory = MemoryWatch([process.pid, triton_server.process.pid])
-    with memory, ReadinessWatch(f"{url}/v1/models/{NSFW}") as readiness:
+def watches(stack: Stack) -> Iterator[tuple[MemoryWatch, ReadinessWatch]]:
+    memory = MemoryWatch(stack.pids())
+    with memory, ReadinessWatch(f"{stack.url}/v1/models/{NSFW}") as readiness:
         yield memory, readiness
     REPORT.parent.mkdir(parents=True, exist_ok=True)
     REPORT.write_bytes(orjson.dumps(_seen, option=orjson.OPT_INDENT_2))
@@ -277,11 +271,11 @@ def test_liveness_and_readiness_after_the_hostile_cases(client: httpx.Client) ->
         assert client.get(f"/v1/models/{name}").json() == {"name": name, "ready": True}
 
 
-def test_no_traceback_was_logged_for_the_hostile_cases(
-    transformer_process: tuple[str, subprocess.Popen, Path],
-) -> None:
+def test_no_traceback_was_logged_for_the_hostile_cases(stack: Stack) -> None:
     """Client mistakes are answered, not logged as server errors."""
-    log = transformer_process[2].read_text(errors="replace")
+    path = stack.log_path("transformer")
+    assert path is not None
+    log = path.read_text(errors="replace")
     assert "Traceback" not in log, log[log.index("Traceback") - 500 :][:3000]
 
 

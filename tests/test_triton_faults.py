@@ -8,7 +8,6 @@ Triton on purpose. Only inline images are sent, so no Commons is needed.
 from __future__ import annotations
 
 import base64
-import os
 import signal
 import subprocess
 import threading
@@ -20,10 +19,9 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from predictor.stack import transformer_command
 from predictor.triton_server import TritonPorts, TritonSupervisor
-from tests import images
-from tests.conftest import MODEL_REPOSITORY, ROOT, free_port, wait_transformer
+from stack import Stack, free_port
+from devtools import images
 from tests.resources import group_members
 
 LOGO = "/v1/models/logo-detection:predict"
@@ -87,17 +85,21 @@ class SteadyLoad:
 
 
 @pytest.fixture(scope="module")
-def supervised(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonSupervisor]:
-    ports = TritonPorts(http=free_port(), grpc=free_port(), metrics=free_port())
-    log = tmp_path_factory.mktemp("supervised-triton") / "triton.log"
-    with open(log, "wb") as output, TritonSupervisor(
-        MODEL_REPOSITORY, ROOT / "build", ports, output=output
-    ) as supervisor:
-        try:
-            supervisor.wait_ready(timeout_s=180)
-        except TimeoutError as exc:
-            pytest.fail(f"{exc}; log:\n{log.read_text()[-3000:]}")
-        yield supervisor
+def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A stack of its own: these tests kill and freeze its Triton."""
+    env = {
+        # Nothing listens there: any Commons lookup would fail, and none is made.
+        "COMMONS_API_URL": f"http://127.0.0.1:{free_port()}/w/api.php",
+        "TRITON_TIMEOUT_S": str(TRITON_TIMEOUT_S),
+    }
+    with Stack(env=env, logs=tmp_path_factory.mktemp("faults")) as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def supervised(faulty: Stack) -> TritonSupervisor:
+    assert faulty.triton is not None
+    return faulty.triton
 
 
 @dataclass(frozen=True)
@@ -107,33 +109,9 @@ class Transformer:
 
 
 @pytest.fixture(scope="module")
-def transformer(
-    supervised: TritonSupervisor, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Transformer]:
-    port = free_port()
-    env = dict(
-        os.environ,
-        # Nothing listens there: any Commons lookup would fail, and none is made.
-        COMMONS_API_URL=f"http://127.0.0.1:{free_port()}/w/api.php",
-        TRITON_TIMEOUT_S=str(TRITON_TIMEOUT_S),
-    )
-    log = tmp_path_factory.mktemp("faults-transformer") / "transformer.log"
-    with open(log, "wb") as output:
-        process = subprocess.Popen(
-            transformer_command(port, supervised.ports),
-            cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_transformer(url, process, log)
-            yield Transformer(url, process)
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+def transformer(faulty: Stack) -> Transformer:
+    assert faulty.transformer is not None
+    return Transformer(faulty.url, faulty.transformer)
 
 
 def scored(load: SteadyLoad, since: float) -> float | None:

@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import base64
-import os
-import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
 from predictor.triton_server import TritonPorts
-from predictor.stack import transformer_command
-from tests import images
-from tests.conftest import ROOT, free_port, wait_transformer
+from stack import Stack, free_port
+from stack.launcher import commons_environment
+from devtools import images
 
 LOGO = "/v1/models/logo-detection:predict"
 ATTEMPTS = 3  # COMMONS_RETRIES=2 → three tries per call
@@ -82,38 +78,23 @@ def test_lagged_replicas_are_waited_out(client: httpx.Client, fake_commons) -> N
     assert 2 <= served.at - lagged.at < 4
 
 
-@contextmanager
 def transformer(
-    triton: TritonPorts, fake_commons, log: Path, health_check: bool = True, **env: str
-) -> Iterator[str]:
-    """A transformer of its own, with settings the session's does not have."""
-    port = free_port()
-    environment = dict(
-        os.environ,
-        COMMONS_API_URL=fake_commons.api_url,
-        COMMONS_UPLOAD_HOSTS=f'["{httpx.URL(fake_commons.api_url).netloc.decode()}"]',
-        **env,
+    triton: TritonPorts, fake_commons, logs: Path, health_check: bool = True, **env: str
+) -> Stack:
+    """A transformer of its own in front of ``triton``, with settings the session's lacks."""
+    return Stack(
+        triton_ports=triton,
+        start_triton=False,
+        env={**commons_environment(fake_commons.api_url), **env},
+        health_check=health_check,
+        logs=logs,
     )
-    command = transformer_command(port, triton)
-    if not health_check:
-        command.remove("--enable_predictor_health_check")
-    with open(log, "wb") as output:
-        process = subprocess.Popen(
-            command, cwd=ROOT, env=environment, stdout=output, stderr=subprocess.STDOUT
-        )
-        try:
-            url = f"http://127.0.0.1:{port}"
-            wait_transformer(url, process, log)
-            yield url
-        finally:
-            process.terminate()
-            process.wait(timeout=20)
 
 
 def test_triton_down_is_503(fake_commons, tmp_path) -> None:
     dead = TritonPorts(http=free_port(), grpc=free_port(), metrics=free_port())
-    with transformer(dead, fake_commons, tmp_path / "log", health_check=False) as url:
-        response = httpx.post(url + LOGO, json={"instances": [inline()]}, timeout=60)
+    with transformer(dead, fake_commons, tmp_path, health_check=False) as served:
+        response = httpx.post(served.url + LOGO, json={"instances": [inline()]}, timeout=60)
     assert response.status_code == 503, response.text
     assert response.headers["retry-after"] == "1"
     assert "Triton" in response.json()["error"]
@@ -126,12 +107,12 @@ def test_the_request_deadline_cuts_slow_lookups_and_downloads(
     """One deadline covers lookups, downloads and retries: the slow item gets
     deadline_exceeded when it passes, and the inline item is still scored."""
     settings = {"REQUEST_DEADLINE_S": "3", "COMMONS_API_TIMEOUT_S": "20", "COMMONS_FETCH_TIMEOUT_S": "20"}
-    with transformer(triton, fake_commons, tmp_path / "log", **settings) as url:
+    with transformer(triton, fake_commons, tmp_path, **settings) as served:
         setattr(fake_commons, slow, 8.0)
         try:
             started = time.monotonic()
             response = httpx.post(
-                url + LOGO,
+                served.url + LOGO,
                 json={"instances": [inline(), {"filename": "Portrait photo.jpg"}]},
                 timeout=60,
             )

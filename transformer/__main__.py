@@ -22,7 +22,7 @@ from transformer.memory import bound_malloc
 from transformer.model import LOGO_PIPELINE, NSFW_PIPELINE, ImageModel
 from transformer.readiness import TritonModelReadiness
 from transformer.sources import commons_client
-from transformer.video_model import VideoModel
+from transformer.video.model import VideoModel
 
 
 def build_models(settings: Settings) -> list[kserve.Model]:

@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     max_decode_bytes: int = Field(256 * 1024 * 1024, ge=1024 * 1024)
 
     # Videos (nsfw-video-detection). Decoding cost grows with duration × resolution, so both
-    # are bounded; the frame cap bounds inference cost (see transformer.video's policy).
+    # are bounded; the frame cap bounds inference cost (see transformer.video.sampling).
     max_video_bytes: int = Field(100 * 1024 * 1024, ge=1024)
     max_video_duration_s: float = Field(600.0, gt=0)
     max_video_pixels: int = Field(1920 * 1080, ge=1)

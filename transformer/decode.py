@@ -31,6 +31,8 @@ import struct
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
+from preprocessing.errors import CodedError
+
 BACKGROUND: tuple[int, int, int] = (255, 255, 255)
 # Pillow plugin names; the JPEG plugin also opens MPO (multi-picture JPEG from cameras).
 ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP")
@@ -77,13 +79,8 @@ _UNREADABLE = (OSError, ValueError, SyntaxError, EOFError, struct.error, IndexEr
 _JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 
 
-class DecodeError(ValueError):
+class DecodeError(CodedError):
     """The bytes are not an image we can score. ``code`` is the machine-readable reason."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 def decode_image(

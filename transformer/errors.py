@@ -1,33 +1,54 @@
 """Error types: per-item problems, and failures that decide a whole request's status.
 
-Dependency-free, so the Commons client and the decode path can use them too; the HTTP
-mapping lives in ``transformer.http_errors``.
+`STATUS_BY_CODE` is the one place that maps an item error's code to the HTTP status it
+earns on its own; every item problem is a `preprocessing.errors.CodedError` (an
+`ItemError`, or a decoder's `DecodeError` / `VideoError` as raised), so none is converted
+into another. The HTTP answers live in ``transformer.http_errors``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from http import HTTPStatus
 
+from preprocessing.errors import CodedError
 
-@dataclass(frozen=True)
-class ItemError:
-    """Why one instance could not be scored.
+# 4xx: the client's input; 5xx: Commons (or the deadline) failed us.
+STATUS_BY_CODE: dict[str, HTTPStatus] = {
+    **dict.fromkeys(
+        (
+            "invalid_instance", "invalid_base64", "empty_image", "image_too_large",
+            "unsupported_image", "corrupt_image", "invalid_title", "file_not_found",
+            "not_an_image", "file_too_large", "unsupported_video", "corrupt_video",
+            "truncated_video", "no_frames", "not_a_video", "video_too_large",
+            "video_too_long", "video_budget_exceeded", "empty_video",
+        ),
+        HTTPStatus.BAD_REQUEST,
+    ),
+    "fetch_failed": HTTPStatus.BAD_GATEWAY,
+    "url_not_allowed": HTTPStatus.BAD_GATEWAY,
+    # Its status follows Commons' answer (429/503 → 503, timeout → 504, else 502).
+    "commons_unavailable": HTTPStatus.BAD_GATEWAY,
+    "deadline_exceeded": HTTPStatus.GATEWAY_TIMEOUT,
+}
 
-    ``status`` is the HTTP status the problem would earn on its own: 4xx for the client's
-    mistakes, 502/503/504 when Commons failed us.
-    """
 
-    code: str
-    message: str
-    status: int = HTTPStatus.BAD_REQUEST
+class ItemError(CodedError):
+    """Why one instance could not be scored. ``status`` overrides the table for codes whose
+    status depends on what an upstream answered."""
 
-    @property
-    def upstream(self) -> bool:
-        return self.status >= 500
+    def __init__(self, code: str, message: str, status: int | None = None) -> None:
+        super().__init__(code, message)
+        self.override = status
 
-    def as_dict(self) -> dict[str, str]:
-        return {"code": self.code, "message": self.message}
+
+def status_of(error: CodedError) -> int:
+    """The HTTP status ``error`` would earn on its own."""
+    override = getattr(error, "override", None)
+    return override or STATUS_BY_CODE[error.code]
+
+
+def as_dict(error: CodedError) -> dict[str, str]:
+    return {"code": error.code, "message": error.message}
 
 
 class UpstreamError(Exception):

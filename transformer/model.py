@@ -24,7 +24,7 @@ from transformer import tensor
 from transformer.commons import CommonsClient
 from transformer.config import Settings
 from transformer.decode import DecodeError, decode_image
-from transformer.errors import ItemError
+from preprocessing.errors import CodedError
 from transformer.request import Instance, parse_request_in
 from transformer.responses import MODEL_VERSION_HEADER, error_prediction, respond
 from transformer.scoring import score
@@ -52,10 +52,10 @@ class Batch:
     """One request in flight: its instances and, per instance, a tensor, scores or an error."""
 
     instances: list[Instance]
-    results: list[np.ndarray | ItemError] = field(default_factory=list)
+    results: list[np.ndarray | CodedError] = field(default_factory=list)
 
 
-def prepare(data: bytes, pipeline: ImagePipeline, settings: Settings) -> np.ndarray | ItemError:
+def prepare(data: bytes, pipeline: ImagePipeline, settings: Settings) -> np.ndarray | CodedError:
     """Decode and preprocess one image; runs in the thread pool, never on the event loop."""
     try:
         image = decode_image(
@@ -65,7 +65,7 @@ def prepare(data: bytes, pipeline: ImagePipeline, settings: Settings) -> np.ndar
             min_side=pipeline.min_side,
         )
     except DecodeError as exc:
-        return ItemError(exc.code, exc.message)
+        return exc
     return pipeline.to_tensor(image)
 
 
@@ -98,8 +98,8 @@ class ImageModel(TritonModel):
         results = await all_or_none(self._prepare(source) for source in sources)
         return Batch(instances, results)
 
-    async def _prepare(self, source: bytes | ItemError) -> np.ndarray | ItemError:
-        if isinstance(source, ItemError):
+    async def _prepare(self, source: bytes | CodedError) -> np.ndarray | CodedError:
+        if isinstance(source, CodedError):
             return source
         return await asyncio.get_running_loop().run_in_executor(
             self.executor, prepare, source, self.pipeline, self.settings
@@ -127,8 +127,8 @@ class ImageModel(TritonModel):
         predictions = [self._prediction(i, r) for i, r in zip(batch.instances, batch.results)]
         return respond(self.name, predictions, batch.results)
 
-    def _prediction(self, instance: Instance, result: np.ndarray | ItemError) -> dict:
-        if isinstance(result, ItemError):
+    def _prediction(self, instance: Instance, result: np.ndarray | CodedError) -> dict:
+        if isinstance(result, CodedError):
             return error_prediction(instance.filename, result)
         return {
             "filename": instance.filename,

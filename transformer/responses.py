@@ -11,7 +11,8 @@ from http import HTTPStatus
 
 from prometheus_client import Counter
 
-from transformer.errors import ItemError, RequestRejected, UpstreamError
+from preprocessing.errors import CodedError
+from transformer.errors import RequestRejected, UpstreamError, as_dict, status_of
 
 ITEM_ERRORS = Counter(
     "transformer_item_errors", "Instances that could not be scored", ["model", "code"]
@@ -22,13 +23,13 @@ RETRY_AFTER_S = 1.0
 
 
 def respond(model: str, predictions: list[dict], results: list[object]) -> dict:
-    errors = [r for r in results if isinstance(r, ItemError)]
+    errors = [r for r in results if isinstance(r, CodedError)]
     for error in errors:
         ITEM_ERRORS.labels(model=model, code=error.code).inc()
     if errors and len(errors) == len(results):
-        upstream = [e for e in errors if e.upstream]
+        upstream = [e for e in errors if status_of(e) >= 500]
         if upstream:
-            status = upstream[0].status
+            status = status_of(upstream[0])
             # Commons overloaded or shedding load: worth retrying soon, and saying so.
             retry_after = RETRY_AFTER_S if status == HTTPStatus.SERVICE_UNAVAILABLE else None
             raise UpstreamError(status, upstream[0].message, predictions, retry_after=retry_after)
@@ -41,5 +42,5 @@ def respond(model: str, predictions: list[dict], results: list[object]) -> dict:
     return {"predictions": predictions}
 
 
-def error_prediction(filename: str | None, error: ItemError) -> dict:
-    return {"filename": filename, "error": error.as_dict()}
+def error_prediction(filename: str | None, error: CodedError) -> dict:
+    return {"filename": filename, "error": as_dict(error)}

@@ -1,4 +1,4 @@
-"""``python -m transformer.video_cli FILE``: score a local video, print the JSON answer.
+"""``python -m transformer.video.cli FILE``: score a local video, print the JSON answer.
 
 The same pipeline as ``nsfw-video-detection`` (decode, sampling, ``nsfw_tensor``,
 aggregation), with the NSFW model run in this process on ONNX Runtime from the file Triton
@@ -24,11 +24,12 @@ from tqdm import tqdm
 
 from predictor.specs import NSFW, ONNX_FILENAME
 from transformer.config import load_settings
-from transformer.video import VideoError, VideoLimits
-from transformer.video_report import VideoReport
-from transformer.video_scoring import DEFAULT_THRESHOLD, ScoringOptions, score_video
+from transformer.video.errors import VideoError
+from transformer.video.limits import VideoLimits
+from transformer.video.pipeline import DEFAULT_THRESHOLD, ScoringOptions, score_video
+from transformer.video.report import VideoReport
 
-REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
+REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
 DEFAULT_MODEL = REPOSITORY / NSFW.name / str(NSFW.version) / ONNX_FILENAME
 
 app = typer.Typer(add_completion=False)

@@ -43,7 +43,7 @@ class VideoReport:
     segments: tuple[Segment, ...]
 
     def as_dict(self) -> dict[str, Any]:
-        """The response fields after ``filename`` and ``target`` (the issue's schema)."""
+        """The response fields after ``filename`` and ``target``."""
         return {
             "prediction": self.prediction,
             "out_of_domain": 1.0 - self.prediction,

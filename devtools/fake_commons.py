@@ -5,7 +5,10 @@ only check that it agrees with itself. So this is a real HTTP server on 127.0.0.
 answers ``action=query&prop=imageinfo&format=json&formatversion=2`` the way MediaWiki does
 (``normalized``, ``redirects``, ``missing``, ``invalid``, ``thumburl``, ``continue``, the
 50-title ``toomanyvalues`` error, ``maxlag``) and serves originals and Pillow-made
-thumbnails. Knobs inject the failures production sees: 5xx/429 answers with or without
+thumbnails. Files are described as MediaWiki would: bitmaps by Pillow, videos and audio
+by PyAV (real dimensions, ``VIDEO`` or ``AUDIO``), SVGs as ``DRAWING`` with rasterised PNG
+thumbnails (CairoSVG) at any width. Knobs inject the failures production sees: 5xx/429
+answers with or without
 Retry-After, lagged replicas, slow answers, API errors, answers split into batches, file
 URLs on a foreign host, redirects, web pages instead of files, bodies without a
 Content-Length.
@@ -17,7 +20,7 @@ Use it as a context manager::
 
 or from a shell, serving a folder of images for load tests::
 
-    python tests/fake_commons.py DIR --port 8090
+    python devtools/fake_commons.py DIR --port 8090
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
+import av
 from PIL import Image, UnidentifiedImageError
 
 API_PATH = "/w/api.php"
@@ -49,7 +53,14 @@ MAX_TITLES = 50
 _NAMESPACE = re.compile(r"(?i)(?:file|image) ?: ?(.*)")
 _ILLEGAL = re.compile(r"[#<>\[\]|{}\x00-\x1f\x7f\ufffd]|%[0-9A-Fa-f]{2}")
 _THUMB_NAME = re.compile(r"(\d+)px-(.+)")
-_VIDEO_MAGIC = ((0, b"\x1a\x45\xdf\xa3", "video/webm"), (4, b"ftyp", "video/mp4"))
+# Containers PyAV describes, by magic bytes: (offset, magic, video MIME, audio MIME), as
+# MediaWiki reports them (Ogg files are application/ogg either way).
+_AV_MAGIC = (
+    (0, b"\x1a\x45\xdf\xa3", "video/webm", "audio/webm"),
+    (4, b"ftyp", "video/mp4", "audio/mp4"),
+    (0, b"OggS", "application/ogg", "application/ogg"),
+)
+_SVG = "image/svg+xml"
 _ERROR_PAGE = b"<!DOCTYPE html><html><body><h1>Error</h1><p>Our servers are busy.</p></body></html>"
 _HTML = "text/html; charset=utf-8"
 # The upload time ``iicontinue`` names; every file here has one version.
@@ -161,6 +172,7 @@ class FakeCommons:
 
     Knobs, all safe to change while it runs:
 
+    * `add_file`: host another file; `reset`: undo every other knob;
     * `fail_api` / `fail_files`: the next N answers get a given status, body, headers and
       Retry-After (seconds or HTTP-date); status 200 serves the HTML page as if it were the
       file;
@@ -175,8 +187,9 @@ class FakeCommons:
     * ``send_content_length``: False sends file bodies without a length (read until close).
 
     A file whose bytes are an HTML page stands for an upload host that serves a web page
-    instead of the file: listed as the media its name says, served as ``text/html``.
-    Every request is logged in `requests`, with all its parameters and headers.
+    instead of the file: listed as the media its name says, served as ``text/html``; an
+    empty file is listed the same way and served empty. Every request is logged in
+    `requests`, with all its parameters and headers.
     """
 
     def __init__(
@@ -186,18 +199,17 @@ class FakeCommons:
         *,
         port: int = 0,
     ) -> None:
+        self._lock = threading.Lock()
         self._files: dict[str, _File] = {}
-        for pageid, (name, data) in enumerate(files.items(), start=1):
-            file = _describe(_file_title(name), data, pageid)
-            self._files[file.title] = file
-        self._by_key = {file.key: file for file in self._files.values()}
+        self._by_key: dict[str, _File] = {}
+        self._thumbs: dict[tuple[str, int], bytes] = {}
+        for name, data in files.items():
+            self.add_file(name, data)
         self._redirects = {_file_title(a): _file_title(b) for a, b in (redirects or {}).items()}
         self._redirect_ids = {title: 100_000 + i for i, title in enumerate(self._redirects)}
-        self._thumbs: dict[tuple[str, int], bytes] = {}
         self._api_failures: list[_Reply] = []
         self._file_failures: list[_Reply] = []
         self._lags: list[int] = []
-        self._lock = threading.Lock()
         self.requests: list[LoggedRequest] = []
         self.api_delay = 0.0
         self.file_delay = 0.0
@@ -244,8 +256,33 @@ class FakeCommons:
 
     def thumb_url(self, name: str, width: int) -> str:
         """Where the imageinfo of file ``name`` says its ``width``-px thumbnail is."""
-        key = quote(self._files[_file_title(name)].key)
-        return f"{self.upload_base or self.base_url}/thumb/{key}/{width}px-{key}"
+        file = self._files[_file_title(name)]
+        key = quote(file.key)
+        name = f"{width}px-{key}{_thumb_suffix(file)}"
+        return f"{self.upload_base or self.base_url}/thumb/{key}/{name}"
+
+    def add_file(self, name: str, data: bytes) -> None:
+        """Host one more file (or new bytes under a name already hosted)."""
+        title = _file_title(name)
+        old = self._files.get(title)
+        file = _describe(title, data, old.pageid if old else len(self._files) + 1)
+        with self._lock:
+            self._files[title] = file
+            self._by_key[file.key] = file
+            self._thumbs = {key: thumb for key, thumb in self._thumbs.items() if key[0] != title}
+
+    def reset(self) -> None:
+        """Back to serving every file promptly and correctly: no queued failures, lag,
+        delays, foreign upload host, redirects or batching. Hosted files and the request
+        log stay."""
+        with self._lock:
+            self._api_failures.clear()
+            self._file_failures.clear()
+            self._lags.clear()
+        self.api_delay = self.file_delay = 0.0
+        self.upload_base = self.redirect_files_to = None
+        self.send_content_length = True
+        self.batch_size = None
 
     def fail_api(
         self,
@@ -423,7 +460,8 @@ class FakeCommons:
             original = self.original_url(file.title)
             width = int(params.get("iiurlwidth", -1))
             if width > 0 and file.format:
-                if width >= file.width:  # bitmaps are never scaled up: the original it is
+                # Bitmaps are never scaled up: the original it is. SVGs render at any width.
+                if width >= file.width and file.mime != _SVG:
                     info.update(thumburl=original, thumbwidth=file.width, thumbheight=file.height)
                 else:
                     info.update(
@@ -463,14 +501,20 @@ class FakeCommons:
             return _Reply(200, file.data, file.content_type)
         if file and file.format and section == "thumb" and len(rest) == 2:
             match = _THUMB_NAME.fullmatch(rest[1])
-            if match and match.group(2) == rest[0]:
+            if match and match.group(2) == rest[0] + _thumb_suffix(file):
                 width = int(match.group(1))
-                if width >= file.width:  # what Wikimedia's thumbnailer answers
+                # What Wikimedia's thumbnailer answers for bitmaps:
+                if width >= file.width and file.mime != _SVG:
                     return _Reply(400, b"Error: width is bigger than the source", "text/plain")
-                return _Reply(200, self._thumbnail(file, width), file.mime)
+                thumb_mime = "image/png" if file.mime == _SVG else file.mime
+                return _Reply(200, self._thumbnail(file, width), thumb_mime)
         return _Reply(404, b"Not Found", "text/plain")
 
     def _thumbnail(self, file: _File, width: int) -> bytes:
+        if (file.title, width) not in self._thumbs and file.mime == _SVG:
+            self._thumbs[(file.title, width)] = _render_svg(
+                file.data, width, _scaled_height(file, width)
+            )
         if (file.title, width) not in self._thumbs:
             with Image.open(io.BytesIO(file.data)) as img:
                 thumb = img.resize((width, _scaled_height(file, width)), Image.Resampling.LANCZOS)
@@ -491,24 +535,64 @@ def _db_key(title: str) -> str:
 
 
 def _describe(title: str, data: bytes, pageid: int) -> _File:
-    """What MediaWiki would know about an upload: WebM and MP4 by their magic bytes are
-    VIDEO (served as originals only), an HTML page is the media its name says (served as a
-    web page), other bytes Pillow cannot read are UNKNOWN."""
+    """What MediaWiki would know about an upload: WebM, MP4 and Ogg by their magic bytes are
+    VIDEO, or AUDIO without a video stream, with the dimensions PyAV reads (served as
+    originals only); an ``.svg`` that renders is a DRAWING; an HTML page is the media its
+    name says (served as a web page), and so is an empty file (served empty: a store that
+    lost the bytes); other bytes Pillow cannot read are UNKNOWN."""
+    if not data or data.lstrip()[:9].lower().startswith((b"<!doctype", b"<html")):
+        mime = mimetypes.guess_type(title)[0] or "application/octet-stream"
+        mediatype = "BITMAP" if mime.startswith("image/") else "UNKNOWN"
+        return _File(title, data, pageid, mime, mediatype, 0, 0, None, _HTML if data else mime)
+    if title.lower().endswith(".svg") and (size := _svg_size(data)):
+        return _File(title, data, pageid, _SVG, "DRAWING", *size, "PNG", _SVG)
     try:
         with Image.open(io.BytesIO(data)) as img:
             fmt, (width, height) = img.format, img.size
     except UnidentifiedImageError:
-        mime = next((m for at, magic, m in _VIDEO_MAGIC if data[at : at + len(magic)] == magic), None)
-        if mime:
-            return _File(title, data, pageid, mime, "VIDEO", 0, 0, None, mime)
-        if data.lstrip()[:9].lower().startswith((b"<!doctype", b"<html")):
-            mime = mimetypes.guess_type(title)[0] or "application/octet-stream"
-            mediatype = "BITMAP" if mime.startswith("image/") else "UNKNOWN"
-            return _File(title, data, pageid, mime, mediatype, 0, 0, None, _HTML)
+        for at, magic, video_mime, audio_mime in _AV_MAGIC:
+            if data[at : at + len(magic)] == magic:
+                size = _video_size(data)
+                if size is None:
+                    return _File(title, data, pageid, audio_mime, "AUDIO", 0, 0, None, audio_mime)
+                return _File(title, data, pageid, video_mime, "VIDEO", *size, None, video_mime)
         mime = "application/octet-stream"
         return _File(title, data, pageid, mime, "UNKNOWN", 0, 0, None, mime)
     mime = Image.MIME[fmt]
     return _File(title, data, pageid, mime, "BITMAP", width, height, fmt, mime)
+
+
+def _video_size(data: bytes) -> tuple[int, int] | None:
+    """The first video stream's width and height, None without one; (0, 0) when PyAV cannot
+    read the file (MediaWiki's metadata is empty then too)."""
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            stream = next(iter(container.streams.video), None)
+            if stream is None:
+                return None
+            return stream.codec_context.width, stream.codec_context.height
+    except (av.FFmpegError, OSError, ValueError):
+        return (0, 0)
+
+
+def _svg_size(data: bytes) -> tuple[int, int] | None:
+    """The size an SVG renders at by default; None when it does not render."""
+    try:
+        with Image.open(io.BytesIO(_render_svg(data))) as img:
+            return img.size
+    except (ValueError, SyntaxError, OSError, TypeError, AttributeError):  # CairoSVG's parsers
+        return None
+
+
+def _render_svg(data: bytes, width: int | None = None, height: int | None = None) -> bytes:
+    import cairosvg  # only SVG fixtures need it
+
+    return cairosvg.svg2png(bytestring=data, output_width=width, output_height=height)
+
+
+def _thumb_suffix(file: _File) -> str:
+    """What a thumbnail's name adds to the file's: ``.png`` for SVGs, rasterised."""
+    return ".png" if file.mime == _SVG else ""
 
 
 def _scaled_height(file: _File, width: int) -> int:

@@ -1,15 +1,15 @@
 """``nsfw-video-detection``: videos and animated images → NSFW scores over time.
 
 KServe calls ``preprocess`` (parse the request, look the names up on Commons), ``predict``
-(per video: download, then `video_scoring.score_video`, whose decoding and Triton calls
+(per video: download, then `pipeline.score_video`, whose decoding and Triton calls
 overlap, so they are one stage) and ``postprocess`` (the response, per-item errors).
 
 Videos are heavy, so at most ``VIDEO_WORKERS`` are downloaded and decoded at once, across
 requests, in their own thread pool: a long video never starves the image models' pool.
 Request bodies are parsed in the shared parse pool, so a request never waits behind a
 video to be read. Each video's scan is bounded by ``VIDEO_BUDGET_S`` of decoding, and the
-request's deadline bounds its lookups, its downloads and its wait for a worker. If one video fails for a server-side
-reason, its siblings are cancelled: the request fails anyway.
+request's deadline bounds its lookups, its downloads and its wait for a worker. If one
+video fails for a server-side reason, its siblings are cancelled: the request fails anyway.
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ from __future__ import annotations
 import asyncio
 import math
 from concurrent.futures import Executor
-from http import HTTPStatus
 from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
 
 from predictor.specs import NSFW
-from transformer.commons import CommonsClient
+from preprocessing.errors import CodedError
+from transformer.commons import CommonsClient, CommonsFile
 from transformer.config import Settings
 from transformer.errors import BadRequest, ItemError
 from transformer.request import Instance, parse_body, parse_request
@@ -33,9 +33,10 @@ from transformer.scoring import score
 from transformer.sources import VIDEOS, Source, download, resolve_all
 from transformer.tasks import all_or_none
 from transformer.triton_model import TritonModel
-from transformer.video import VideoError, VideoLimits
-from transformer.video_report import VideoReport
-from transformer.video_scoring import ScoringOptions, score_video
+from transformer.video.errors import VideoError
+from transformer.video.limits import VideoLimits, too_many_pixels
+from transformer.video.pipeline import ScoringOptions, score_video
+from transformer.video.report import VideoReport
 
 NAME = "nsfw-video-detection"
 TARGET = "nsfw"
@@ -51,7 +52,7 @@ class VideoBatch:
     options: list[ScoringOptions | ItemError]
     sources: list[Source]
     deadline: float
-    results: list[VideoReport | ItemError] | None = None
+    results: list[VideoReport | CodedError] | None = None
 
 
 class VideoModel(TritonModel):
@@ -125,11 +126,16 @@ class VideoModel(TritonModel):
         options: ScoringOptions | ItemError,
         deadline: float,
         versions: set[str],
-    ) -> VideoReport | ItemError:
+    ) -> VideoReport | CodedError:
         if isinstance(source, ItemError):
             return source
         if isinstance(options, ItemError):
             return options
+        if isinstance(source, CommonsFile) and source.width * source.height > self.limits.max_pixels:
+            # Commons knows the frame size: no need to download 100 MB to learn it.
+            return VideoError(
+                "video_too_large", too_many_pixels(source.width, source.height, self.limits)
+            )
         try:
             async with asyncio.timeout_at(deadline):
                 await self._slots.acquire()
@@ -138,7 +144,6 @@ class VideoModel(TritonModel):
                 "deadline_exceeded",
                 f"the request's {self.settings.request_deadline_s:g} s deadline passed while "
                 f"every video worker ({self.settings.video_workers}) was busy",
-                HTTPStatus.GATEWAY_TIMEOUT,
             )
         try:
             data = await download(self.commons, source, VIDEOS, deadline=deadline)
@@ -153,7 +158,7 @@ class VideoModel(TritonModel):
                 max_chunk=NSFW.max_batch_size,
             )
         except VideoError as exc:
-            return ItemError(exc.code, exc.message)
+            return exc
         finally:
             self._slots.release()
         return scored.report
@@ -163,8 +168,8 @@ class VideoModel(TritonModel):
         versions.add(scores.model_version)
         return scores.values[:, NSFW.labels.index("nsfw")]
 
-    def _prediction(self, instance: Instance, result: VideoReport | ItemError) -> dict:
-        if isinstance(result, ItemError):
+    def _prediction(self, instance: Instance, result: VideoReport | CodedError) -> dict:
+        if isinstance(result, CodedError):
             return error_prediction(instance.filename, result)
         return {
             "filename": instance.filename,
@@ -196,5 +201,5 @@ def _renamed(instance: Instance) -> Instance:
     return Instance(
         instance.filename,
         instance.target,
-        error=ItemError(_RENAMED_CODES[error.code], error.message, error.status),
+        error=ItemError(_RENAMED_CODES[error.code], error.message),
     )

@@ -15,7 +15,7 @@ import av
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from tests import images
+from devtools import images
 
 # An H.264 encode that keeps the frames' pixels exactly (RGB, lossless): the frames a
 # video is made of are then exactly the frames the service decodes.

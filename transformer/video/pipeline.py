@@ -21,8 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from transformer.tensor import nsfw_tensor
-from transformer.video import Sample, Scan, VideoLimits, scan_video
-from transformer.video_report import FrameScore, VideoReport, summarise
+from transformer.video.limits import VideoLimits
+from transformer.video.report import FrameScore, VideoReport, summarise
+from transformer.video.sampling import Sample, Scan, scan_video
 
 # uint8 NHWC tensors → P(nsfw) per frame.
 Scorer = Callable[[np.ndarray], Awaitable[np.ndarray]]
@@ -53,8 +54,8 @@ async def score_video(
     max_chunk: int,
     progress: Callable[[float, float], None] | None = None,
 ) -> ScoredVideo:
-    """Scan and score ``data``. Raises `transformer.video.VideoError` for a video that
-    cannot be scored, and whatever ``scorer`` raises."""
+    """Scan and score ``data``. Raises `VideoError` for a video that cannot be scored, and
+    whatever ``scorer`` raises."""
     loop = asyncio.get_running_loop()
     samples: asyncio.Queue[Sample[np.ndarray] | None] = asyncio.Queue()
     stop = threading.Event()
@@ -63,7 +64,7 @@ async def score_video(
         loop.call_soon_threadsafe(samples.put_nowait, sample)
 
     def scan() -> Scan:
-        # video.py maps whatever the bytes can cause to a VideoError; anything else is a
+        # scan_video maps whatever the bytes can cause to a VideoError; anything else is a
         # bug of ours and propagates (a 500).
         try:
             return scan_video(data, limits, nsfw_tensor, emit, stop=stop, progress=progress)

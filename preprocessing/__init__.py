@@ -1,0 +1,1 @@
+"""What serving and training share: the model specs, the decode policy, the tensors."""
