@@ -16,16 +16,15 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
 
-include predictor/logo/logo.mk
+include training/logo/logo.mk
 include charts/helm.mk
 
-build/nsfw/model.onnx: $(STAMP) predictor/nsfw_export.py predictor/specs.py
+build/nsfw/model.onnx: $(STAMP) predictor/nsfw_export.py preprocessing/specs.py
 	$(PY) -m predictor export-nsfw --out $@
 
 models: $(REPOSITORY_STAMP)
-$(REPOSITORY_STAMP): build/logo/model.onnx build/nsfw/model.onnx predictor/specs.py predictor/repository.py predictor/backend/model.py predictor/configs.py
-	$(PY) -m predictor build-repository --out model_repository \
-		--logo-onnx build/logo/model.onnx --nsfw-onnx build/nsfw/model.onnx
+$(REPOSITORY_STAMP): build/logo/model.onnx build/nsfw/model.onnx preprocessing/specs.py predictor/repository.py predictor/backend/model.py predictor/configs.py
+	$(PY) -m predictor build-repository --out model_repository
 	touch $@
 
 serve: models

@@ -19,8 +19,8 @@ RUN useradd --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /srv/commons-moderation
 COPY transformer/ transformer/
-# The transformer reads tensor names and batch limits from the model specs.
-COPY predictor/__init__.py predictor/specs.py predictor/
+# The model specs, the decode policy and the tensors, shared with training.
+COPY preprocessing/ preprocessing/
 # Bytecode is not written: the chart mounts the root filesystem read-only.
 # A pod serves on all its interfaces; `make serve` keeps the default, loopback.
 ENV PATH=/opt/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 TRANSFORMER_HOST=0.0.0.0

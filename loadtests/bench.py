@@ -28,28 +28,24 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 import psutil
-import typer
 import tritonclient.grpc as grpc_client
 import tritonclient.grpc.aio as grpc_aio
 import tritonclient.http as http_client
 import tritonclient.http.aio as http_aio
+import typer
 from PIL import Image
 
+from devtools.images import encode
 from loadtests import payloads
 from predictor import repository
-from predictor.specs import SPECS, ModelSpec
 from predictor.triton_server import TritonPorts
+from preprocessing.decode import decode_image
+from preprocessing.specs import SPECS, ModelSpec
+from preprocessing.tensor import PREPARATIONS
 from stack import Stack, free_port
-from devtools.images import encode
-from transformer.decode import decode_image
-from transformer.tensor import LOGO_MIN_SIDE, NSFW_MIN_SIDE, logo_tensor, nsfw_tensor
 
 ROOT = Path(__file__).resolve().parent.parent
 REPOSITORY = ROOT / "model_repository"
-PREPARE = {
-    "logo-detection": (LOGO_MIN_SIDE, logo_tensor),
-    "nsfw-detection": (NSFW_MIN_SIDE, nsfw_tensor),
-}
 
 
 @dataclass
@@ -97,7 +93,7 @@ def variant_repository(specs: tuple[ModelSpec, ...], out: Path) -> Path:
 
 
 def tensors_for(model: str, images: list[tuple[str, bytes]]) -> np.ndarray:
-    min_side, to_tensor = PREPARE[model]
+    min_side, to_tensor = PREPARATIONS[model].min_side, PREPARATIONS[model].to_tensor
     return np.stack([to_tensor(decode_image(data, min_side=min_side)) for _, data in images])
 
 
@@ -164,7 +160,8 @@ async def run_for(duration_s: float, concurrency: int, call) -> tuple[int, list[
 def preprocess_ms(twelve_mp_jpeg: bytes, repeats: int = 15) -> dict[str, float]:
     """Median ms from 12-MP JPEG bytes to the model tensor, per model's policy."""
     timings = {}
-    for model, (min_side, to_tensor) in PREPARE.items():
+    for model, preparation in PREPARATIONS.items():
+        min_side, to_tensor = preparation.min_side, preparation.to_tensor
         samples = []
         for _ in range(repeats):
             started = time.perf_counter()

@@ -41,10 +41,10 @@ import psutil
 import typer
 from PIL import Image
 
-from predictor.specs import NSFW, VIDEO_MODEL
+from preprocessing.specs import NSFW, VIDEO_MODEL
+from preprocessing.tensor import nsfw_tensor
 from stack import Stack
 from transformer.config import load_settings
-from transformer.tensor import nsfw_tensor
 from transformer.video.cli import DEFAULT_MODEL, OnnxScorer
 from transformer.video.limits import VideoLimits
 from transformer.video.pipeline import ScoringOptions, score_video

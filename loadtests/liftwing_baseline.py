@@ -23,7 +23,7 @@ import onnxruntime as ort
 import typer
 from PIL import Image
 
-from predictor.specs import ONNX_FILENAME, SPECS
+from preprocessing.specs import ONNX_FILENAME, SPECS
 
 
 class _Handler(BaseHTTPRequestHandler):

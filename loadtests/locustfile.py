@@ -17,11 +17,13 @@ from pathlib import Path
 from locust import LoadTestShape, between, task
 from locust.contrib.fasthttp import FastHttpUser
 
+from preprocessing.specs import SPECS, VIDEO_MODEL
+
 PAYLOADS = Path(os.environ.get("LOADTEST_PAYLOADS", "build/loadtest/payloads"))
 NAMES = [n for n in os.environ.get("LOADTEST_COMMONS_NAMES", "").split("\n") if n]
 LOGO = "/v1/models/logo-detection:predict"
 NSFW = "/v1/models/nsfw-detection:predict"
-VIDEO = "/v1/models/nsfw-video-detection:predict"
+VIDEO = f"/v1/models/{VIDEO_MODEL}:predict"
 JSON = {"Content-Type": "application/json"}
 
 
@@ -74,6 +76,16 @@ class NsfwImageUser(_Base):
     @task
     def nsfw(self) -> None:
         self.post(NSFW, [_instance()], "nsfw base64")
+
+
+class ImageModelsUser(_Base):
+    """One inline image to every image model the specs declare, in turn: a model added to
+    the specs is load-tested without a user of its own."""
+
+    @task
+    def every_model(self) -> None:
+        for spec in SPECS:
+            self.post(f"/v1/models/{spec.name}:predict", [_instance()], f"{spec.name} base64")
 
 
 class NsfwVideoUser(_Base):

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from predictor.logo.sources import DEB_PACKAGES, PHOTOS
 from devtools.images import encode
-from transformer.decode import decode_image
+from preprocessing.decode import decode_image
+from training.logo.sources import DEB_PACKAGES, PHOTOS
 
 ROOT = Path(__file__).resolve().parent.parent
 DEB_ROOT = ROOT / "build" / "deb"
@@ -79,7 +79,8 @@ def large(count: int = 4) -> list[tuple[str, bytes]]:
 
 
 def clips(count: int = 2) -> list[tuple[str, bytes]]:
-    from devtools.videos import H264, encode as encode_video
+    from devtools.videos import H264
+    from devtools.videos import encode as encode_video
 
     photos = _photos()
     out = []

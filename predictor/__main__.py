@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from predictor import engines, nsfw_export, repository
-from predictor.specs import LOGO, NSFW
+from preprocessing.specs import SPECS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True)
 
@@ -27,8 +27,9 @@ class Profile(str, Enum):
 @app.command("build-repository")
 def build_repository(
     out: Path = typer.Option(Path("model_repository")),
-    logo_onnx: Path = typer.Option(Path("build/logo/model.onnx")),
-    nsfw_onnx: Path = typer.Option(Path("build/nsfw/model.onnx")),
+    onnx: list[str] = typer.Option(
+        [], help="NAME=PATH: serve this ONNX file for model NAME instead of its spec's."
+    ),
     profile: Profile = typer.Option(
         Profile.cpu, help="cpu: Python backend on ONNX Runtime; gpu: TensorRT engines."
     ),
@@ -38,7 +39,12 @@ def build_repository(
     ),
 ) -> None:
     """Generate a Triton model repository from the model specs (CPU profile by default)."""
-    onnx_files = {LOGO.name: logo_onnx, NSFW.name: nsfw_onnx}
+    onnx_files = {spec.name: Path(spec.onnx_path) for spec in SPECS}
+    for override in onnx:
+        name, _, path = override.partition("=")
+        if name not in onnx_files or not path:
+            raise typer.BadParameter(f"{override!r}: expected NAME=PATH for one of {list(onnx_files)}")
+        onnx_files[name] = Path(path)
     if profile is Profile.gpu:
         built = repository.build_gpu(out, onnx_files, compute_capabilities=compute_capability)
     else:

@@ -8,7 +8,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from predictor import engines
-from predictor.specs import ONNX_FILENAME, ModelSpec
+from preprocessing.specs import ONNX_FILENAME, ModelSpec
 
 
 def _io(spec: ModelSpec, config: mc.ModelConfig) -> None:

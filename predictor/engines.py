@@ -7,7 +7,7 @@ TensorRT version, and Triton picks the right one per GPU through ``cc_model_file
 
 Only :func:`build_engine` needs TensorRT, imported when called; shapes, names, the
 selection rule and the repository walk run and are tested without it. This module imports
-nothing beyond the standard library and ``predictor.specs``, so the builder image needs
+nothing beyond the standard library and ``preprocessing.specs``, so the builder image needs
 neither tritonclient nor protobuf.
 """
 
@@ -26,7 +26,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from predictor.specs import ONNX_FILENAME, SPECS, ModelSpec
+from preprocessing.specs import ONNX_FILENAME, SPECS, ModelSpec
 
 TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
 TENSORRT_VERSION = "10.5.0"

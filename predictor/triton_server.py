@@ -77,6 +77,11 @@ def environment() -> dict[str, str]:
     env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(libs), env.get("LD_LIBRARY_PATH")]))
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["VIRTUAL_ENV"] = sys.prefix
+    # A fixed mmap threshold sends large tensors to mmap, returned to the kernel on free,
+    # instead of the heap, where they fragment (glibc raises the threshold after the first
+    # free); two arenas bound per-thread slack. The transformer does the same in-process.
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", "262144")
+    env.setdefault("MALLOC_ARENA_MAX", "2")
     return env
 
 

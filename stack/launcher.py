@@ -23,8 +23,8 @@ from typing import IO
 
 import httpx
 
-from predictor.specs import SERVED_MODELS
 from predictor.triton_server import TritonPorts, TritonSupervisor, die_with_parent
+from preprocessing.specs import SERVED_MODELS
 
 ROOT = Path(__file__).resolve().parent.parent
 STOP_TIMEOUT_S = 20.0

@@ -13,12 +13,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from predictor.specs import SPECS
-from predictor.triton_server import TritonPorts
-from stack import Stack
-from stack.launcher import StackError, commons_environment
 from devtools import images, videos
 from devtools.fake_commons import FakeCommons
+from predictor.triton_server import TritonPorts
+from preprocessing.specs import SPECS
+from stack import Stack
+from stack.launcher import StackError, commons_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_REPOSITORY = ROOT / "model_repository"

@@ -7,8 +7,8 @@ import base64
 
 import httpx
 
-from predictor.triton_server import TritonPorts
 from devtools import images
+from predictor.triton_server import TritonPorts
 
 CONCURRENCY = 32
 

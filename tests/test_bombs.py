@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from devtools import images, videos
-from transformer.decode import (
+from preprocessing.decode import (
     DEFAULT_MAX_DECODE_BYTES,
     DecodeError,
     _orientation,
@@ -41,7 +41,7 @@ MiB = 1024 * 1024
 _MEASURE = """
 import io, json, sys
 from PIL import Image
-from transformer.decode import DecodeError, decode_image
+from preprocessing.decode import DecodeError, decode_image
 
 def status(field):
     with open("/proc/self/status") as f:

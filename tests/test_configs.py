@@ -20,7 +20,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from predictor import engines, repository
 from predictor.configs import cpu_config, gpu_config, render
-from predictor.specs import ONNX_FILENAME, SPECS, ModelSpec
+from preprocessing.specs import ONNX_FILENAME, SPECS, ModelSpec
 from transformer.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -357,7 +357,7 @@ def test_build_repository_command_writes_the_gpu_profile(tmp_path: Path) -> None
     out = tmp_path / "repo"
     result = _run(
         "-m", "predictor", "build-repository", "--profile=gpu", f"--out={out}",
-        f"--logo-onnx={exported_onnx(SPECS[0])}", f"--nsfw-onnx={exported_onnx(SPECS[1])}",
+        *(f"--onnx={spec.name}={exported_onnx(spec)}" for spec in SPECS),
         "--compute-capability=8.0", "--compute-capability=9.0",
     )
     assert result.returncode == 0, result.stderr

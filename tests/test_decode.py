@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from devtools import images
-from transformer.decode import BACKGROUND, DecodeError, decode_image
-from transformer.tensor import INPUT_SIZE, LOGO_MIN_SIDE, logo_tensor, nsfw_tensor
+from preprocessing.decode import BACKGROUND, DecodeError, decode_image
+from preprocessing.tensor import INPUT_SIZE, LOGO_MIN_SIDE, logo_tensor, nsfw_tensor
 
 
 @pytest.mark.parametrize(("name", "data"), images.special_files(), ids=lambda v: v if isinstance(v, str) else "")

@@ -13,7 +13,7 @@ import pytest
 
 from loadtests.gpu_bench import bundle, ceiling
 from loadtests.gpu_bench.batcher import DynamicBatcher, drive
-from predictor.specs import SPECS
+from preprocessing.specs import SPECS
 
 ROOT = Path(__file__).resolve().parent.parent
 

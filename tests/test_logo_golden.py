@@ -17,10 +17,10 @@ import onnxruntime as ort
 import pytest
 
 from devtools import images
-from predictor.specs import LOGO, ONNX_FILENAME
+from preprocessing.decode import decode_image
+from preprocessing.specs import LOGO, ONNX_FILENAME
+from preprocessing.tensor import LOGO_MIN_SIDE, logo_tensor, nsfw_tensor
 from tests.conftest import MODEL_REPOSITORY
-from transformer.decode import decode_image
-from transformer.tensor import LOGO_MIN_SIDE, logo_tensor, nsfw_tensor
 
 LOGO_PATH = f"/v1/models/{LOGO.name}:predict"
 TOLERANCE = 1e-5

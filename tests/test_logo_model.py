@@ -16,11 +16,11 @@ import onnx
 import pytest
 import torch
 
-from predictor.logo import LABELS, augment, features, finetune, metrics, train
-from predictor.logo.build import weights_digest
-from predictor.logo.export import INPUT, OUTPUT, TOLERANCE, max_difference, session
-from predictor.logo.model import FEATURES, LogoDetector
-from predictor.specs import LOGO
+from preprocessing.specs import LOGO
+from training.logo import LABELS, augment, data, features, finetune, metrics, train, tune
+from training.logo.build import weights_digest
+from training.logo.export import INPUT, OUTPUT, TOLERANCE, max_difference, session
+from training.logo.model import FEATURES, LogoDetector, Trunk
 
 BUILD = Path(__file__).resolve().parents[1] / "build" / "logo"
 MODEL = BUILD / "model.onnx"
@@ -46,10 +46,11 @@ def test_augmentation_identity_and_flip() -> None:
 
 def test_augmentation_depends_only_on_the_seed() -> None:
     image = _images(1)[0].numpy()
-    views = features.augmented_views(image, seed=7)
-    assert views.shape == (features.AUG_VIEWS, 224, 224, 3) and views.dtype == np.uint8
-    np.testing.assert_array_equal(views, features.augmented_views(image, seed=7))
-    assert not np.array_equal(views, features.augmented_views(image, seed=8))
+    views = features.augmented_views(image, seed=7, views=2)
+    assert views.shape == (2, 224, 224, 3) and views.dtype == np.uint8
+    np.testing.assert_array_equal(views, features.augmented_views(image, seed=7, views=2))
+    assert not np.array_equal(views, features.augmented_views(image, seed=8, views=2))
+    assert features.augmented_views(image, seed=7, views=0).shape == (0, 224, 224, 3)
     params = augment.draw([np.random.default_rng(s) for s in range(200)])
     assert np.abs(params.angle).max() <= augment.ROTATION * 2 * np.pi
     assert np.abs(params.shift).max() <= augment.TRANSLATION
@@ -71,6 +72,38 @@ def test_metrics_match_their_definitions() -> None:
     point = metrics.operating_point(scores, labels, target=0.9)
     lowest = thresholds[np.flatnonzero(precision >= 0.9)[-1]]
     assert point["threshold"] == pytest.approx(lowest) and point["precision"] >= 0.9
+
+
+def test_per_kind_metrics_and_calibration() -> None:
+    scores = np.array([0.9, 0.2, 0.6, 0.1, 0.95, 0.4, 0.8, 0.7])
+    labels = np.array([1, 0, 0, 0, 1, 1, 1, 1])
+    kinds = np.array(["mark", "photo", "plot", "plot", "wordmark", "wordmark", "mark", "mark"])
+    table = metrics.by_kind(scores, labels, kinds, threshold=0.65)
+    assert table["plot"] == {"label": "out_of_domain", "count": 2, "accuracy": 0.5, "fpr": 0.5, "errors": 1,
+                             "median_score": 0.35, "roc_auc": pytest.approx(table["plot"]["roc_auc"]),
+                             "fpr_at_threshold": 0.0}
+    assert table["wordmark"]["fnr"] == 0.5 and table["mark"]["fnr"] == 0.0
+    # plot vs all five logos: 0.6 beats only 0.4, 0.1 beats none: 9 of 10 pairs ordered right
+    assert table["plot"]["roc_auc"] == pytest.approx(0.9)
+    flat = metrics.flat_graphics(scores, labels, kinds)
+    assert flat["count"] == 2 and flat["fpr"] == 0.5
+    calibration = metrics.calibration(np.array([0.05, 0.05, 0.95, 0.95]), np.array([0, 1, 1, 1]))
+    # two bins: mean 0.05 with 50% logos, mean 0.95 with 100% logos: ECE = 0.5*0.45 + 0.5*0.05
+    assert calibration["ece"] == pytest.approx(0.25)
+    point = metrics.at_threshold(scores, labels, 0.5)
+    assert point["confusion"] == [[2, 1], [1, 4]] and point["precision"] == pytest.approx(0.8)
+
+
+def test_no_reserved_or_opencv_source() -> None:
+    """BRIEF §3: the held-out benchmark's packages, and any OpenCV documentation, are never used."""
+    from training.logo import sources
+
+    names = " ".join([*sources.npm_packages(), *sources.DEB_PACKAGES, *sources.DEB_DOC_PACKAGES,
+                      *sources.FONT_PACKAGES, *sources.WHEELS]).lower()
+    for reserved in ("lobehub", "payment-icons", "papirus", "lomiri", "opencv"):
+        assert reserved not in names
+    assert all(figures.kind in data.NEGATIVE_KINDS for figures in sources.FIGURES)
+    assert set(metrics.FLAT_KINDS) == set(data.FLAT_KINDS)
 
 
 def _toy_dataset(seed: int = 0) -> features.Dataset:
@@ -108,6 +141,48 @@ def test_resume_refuses_another_recipe(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="another data set or recipe"):
         train.train_head(_toy_dataset(), torch.nn.Linear(FEATURES, len(LABELS)),
                          checkpoint=tmp_path / "checkpoint.pt", resume=True, epochs=1, lr=0.1)
+
+
+def _toy_blocks(seed: int = 0) -> features.Dataset:
+    rng = np.random.default_rng(seed)
+    labels = np.repeat([0, 1], 48)
+    blocks = (rng.normal(size=(96, 320, 7, 7)) + labels[:, None, None, None] * 0.2).astype(np.float16)
+    splits = np.array(["train", "train", "val"] * 32)
+    names = np.arange(96).astype(str)
+    x = np.zeros((96, FEATURES), np.float32)
+    return features.Dataset(x, labels, splits, names, names, np.zeros((64, 0, FEATURES), np.float32), "toy",
+                            kinds=np.where(labels == 1, "mark", "plot"), blocks=blocks)
+
+
+def test_cpu_tuning_trains_only_the_top_and_is_deterministic(tmp_path: Path) -> None:
+    """The CPU fine-tuning phase: the 1x1 head convolution, its batch norm's affine
+    parameters and the head change; nothing below; same weights twice."""
+    results = []
+    for run in ("a", "b"):
+        torch.manual_seed(0)  # the head's initial weights (the build starts from the trained head)
+        detector = LogoDetector()
+        before = {name: value.clone() for name, value in detector.state_dict().items()}
+        history = tune.tune(_toy_blocks(), detector, checkpoint=tmp_path / run / "tune.pt", epochs=2, lr=1e-3)
+        results.append((detector.state_dict(), history))
+    (after, history), (again, _) = results
+    assert history["kept"] in ("tuned", "frozen") and len(history["val_loss_per_epoch"]) == 2
+    for name in after:
+        assert torch.equal(after[name], again[name])
+    if history["kept"] == "tuned":
+        changed = {name for name in before if not torch.equal(before[name], after[name])}
+        assert "backbone.net._conv_head.weight" in changed and "head.weight" in changed
+        assert all(name.startswith(("backbone.net._conv_head", "backbone.net._bn1", "head.")) for name in changed)
+        assert not any("running_" in name for name in changed), "batch-norm statistics must stay frozen"
+
+
+def test_trunk_pieces_compose_to_the_backbone() -> None:
+    backbone = LogoDetector().backbone
+    images = _images(2)
+    with torch.no_grad():
+        features_, block = Trunk(backbone)(images)
+        assert block.shape == (2, 320, 7, 7)
+        torch.testing.assert_close(features_, backbone(images))
+        torch.testing.assert_close(backbone.top(block), features_)
 
 
 def test_finetune_trains_only_the_top_of_the_backbone(tmp_path: Path) -> None:
@@ -210,3 +285,26 @@ def test_separates_held_out_logos_from_photos(ort_session, sample) -> None:
     labels = sample["labels"]
     assert ((logo >= 0.5) == (labels == 1)).mean() >= 0.9
     assert metrics.roc_auc(logo, labels) >= 0.95
+
+
+def test_manifest_records_kind_and_splits_by_source(built) -> None:
+    """Every item has a kind and provenance; no source is split across train/val/test; the test
+    split holds at least 300 flat-graphic negatives (the issue's measurement floor)."""
+    split_of: dict[str, str] = {}
+    flat_test = 0
+    with (BUILD / "manifest.jsonl").open() as manifest:
+        for line in manifest:
+            row = json.loads(line)
+            assert row["kind"] in data.KINDS and row["package"] and row["licence"]
+            assert (row["label"] == 1) == (row["kind"] in data.POSITIVE_KINDS)
+            assert split_of.setdefault(row["group"], row["split"]) == row["split"], row["group"]
+            flat_test += row["split"] == "test" and row["kind"] in data.FLAT_KINDS
+    assert flat_test >= 300
+
+
+def test_metrics_are_reported_per_kind(built) -> None:
+    result = json.loads((BUILD / "metrics.json").read_text())
+    for split in ("validation", "test"):
+        assert set(result[split]["by_kind"]) == set(data.KINDS)
+        assert result[split]["flat_graphics"]["count"] > 0
+    assert set(result["frozen_vs_tuned"]) >= {"frozen"}

@@ -5,7 +5,7 @@ path is base64 → transformer decode/preprocess → uint8 over gRPC → Triton 
 graph that does the BGR mean subtraction. Tolerance: 1e-4 absolute. Files in modes the
 reference does not convert like the service (alpha, EXIF, 16-bit) reach it already
 converted to RGB by a few lines of plain Pillow and numpy that restate the policy,
-independently of ``transformer.decode``.
+independently of ``preprocessing.decode``.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def test_plain_rgb_files_match_reference(client: httpx.Client, reference: NSFWCl
 
 
 def independent_rgb(data: bytes) -> Image.Image:
-    """The decode policy re-done with plain Pillow and numpy, apart from transformer.decode:
+    """The decode policy re-done with plain Pillow and numpy, apart from preprocessing.decode:
     EXIF orientation applied, 16-bit grey scaled by 255/65535, transparency composited onto
     white, everything else Pillow's ``convert("RGB")``."""
     img = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))

@@ -10,7 +10,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from predictor.configs import cpu_config, render
-from predictor.specs import ONNX_FILENAME, SPECS, ModelSpec
+from preprocessing.specs import ONNX_FILENAME, SPECS, ModelSpec
 
 REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
 ONNX_UINT8 = onnx.TensorProto.UINT8

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
+from devtools import images
 from predictor.triton_server import TritonPorts, TritonSupervisor
 from stack import Stack, free_port
-from devtools import images
 from tests.resources import group_members
 
 LOGO = "/v1/models/logo-detection:predict"

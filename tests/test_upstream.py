@@ -9,10 +9,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from devtools import images
 from predictor.triton_server import TritonPorts
 from stack import Stack, free_port
 from stack.launcher import commons_environment
-from devtools import images
 
 LOGO = "/v1/models/logo-detection:predict"
 ATTEMPTS = 3  # COMMONS_RETRIES=2 → three tries per call

@@ -15,11 +15,12 @@ import kserve
 from kserve import model_server
 from kserve.model_server import app
 
+from preprocessing.specs import SPECS
 from transformer.config import Settings, load_settings
 from transformer.gate import Admission, RequestGate
 from transformer.http_errors import install_handlers
 from transformer.memory import bound_malloc
-from transformer.model import LOGO_PIPELINE, NSFW_PIPELINE, ImageModel
+from transformer.model import ImageModel
 from transformer.readiness import TritonModelReadiness
 from transformer.sources import commons_client
 from transformer.video.model import VideoModel
@@ -30,7 +31,7 @@ def build_models(settings: Settings) -> list[kserve.Model]:
     decoder = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
     parser = ThreadPoolExecutor(settings.parse_threads, thread_name_prefix="parse")
     models: list[kserve.Model] = [
-        ImageModel(p, settings, commons, decoder, parser) for p in (LOGO_PIPELINE, NSFW_PIPELINE)
+        ImageModel(spec, settings, commons, decoder, parser) for spec in SPECS
     ]
     video_commons = commons_client(
         settings,

@@ -12,39 +12,23 @@ call has its own ``TRITON_TIMEOUT_S``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image
 
-from predictor.specs import LOGO, NSFW, ModelSpec
-from transformer import tensor
+from preprocessing.decode import DecodeError, decode_image
+from preprocessing.errors import CodedError
+from preprocessing.specs import ModelSpec
+from preprocessing.tensor import PREPARATIONS, Preparation
 from transformer.commons import CommonsClient
 from transformer.config import Settings
-from transformer.decode import DecodeError, decode_image
-from preprocessing.errors import CodedError
 from transformer.request import Instance, parse_request_in
 from transformer.responses import MODEL_VERSION_HEADER, error_prediction, respond
 from transformer.scoring import score
 from transformer.sources import fetch_all
 from transformer.tasks import all_or_none
 from transformer.triton_model import TritonModel
-
-
-@dataclass(frozen=True)
-class ImagePipeline:
-    """How one Triton model's images are prepared and its scores reported."""
-
-    spec: ModelSpec
-    target: str
-    min_side: int | None
-    to_tensor: Callable[[Image.Image], np.ndarray]
-
-
-LOGO_PIPELINE = ImagePipeline(LOGO, "logo", tensor.LOGO_MIN_SIDE, tensor.logo_tensor)
-NSFW_PIPELINE = ImagePipeline(NSFW, "nsfw", tensor.NSFW_MIN_SIDE, tensor.nsfw_tensor)
 
 
 @dataclass
@@ -55,32 +39,33 @@ class Batch:
     results: list[np.ndarray | CodedError] = field(default_factory=list)
 
 
-def prepare(data: bytes, pipeline: ImagePipeline, settings: Settings) -> np.ndarray | CodedError:
+def prepare(data: bytes, preparation: Preparation, settings: Settings) -> np.ndarray | CodedError:
     """Decode and preprocess one image; runs in the thread pool, never on the event loop."""
     try:
         image = decode_image(
             data,
             max_pixels=settings.max_image_pixels,
             max_decode_bytes=settings.max_decode_bytes,
-            min_side=pipeline.min_side,
+            min_side=preparation.min_side,
         )
     except DecodeError as exc:
         return exc
-    return pipeline.to_tensor(image)
+    return preparation.to_tensor(image)
 
 
 class ImageModel(TritonModel):
     def __init__(
         self,
-        pipeline: ImagePipeline,
+        spec: ModelSpec,
         settings: Settings,
         commons: CommonsClient,
         executor: Executor,
         parser: Executor,
     ) -> None:
         """``executor`` decodes images; ``parser`` parses request bodies."""
-        super().__init__(pipeline.spec.name, return_response_headers=True)
-        self.pipeline = pipeline
+        super().__init__(spec.name, return_response_headers=True)
+        self.spec = spec
+        self.preparation = PREPARATIONS[spec.name]
         self.settings = settings
         self.commons = commons
         self.executor = executor
@@ -102,7 +87,7 @@ class ImageModel(TritonModel):
         if isinstance(source, CodedError):
             return source
         return await asyncio.get_running_loop().run_in_executor(
-            self.executor, prepare, source, self.pipeline, self.settings
+            self.executor, prepare, source, self.preparation, self.settings
         )
 
     async def predict(
@@ -113,7 +98,7 @@ class ImageModel(TritonModel):
             return batch
         stacked = np.stack([batch.results[i] for i in ready])
         scores = await score(
-            self._grpc_client, self.pipeline.spec, stacked, self.settings.triton_timeout_s
+            self._grpc_client, self.spec, stacked, self.settings.triton_timeout_s
         )
         for i, row in zip(ready, scores.values):
             batch.results[i] = row
@@ -132,7 +117,7 @@ class ImageModel(TritonModel):
             return error_prediction(instance.filename, result)
         return {
             "filename": instance.filename,
-            "target": instance.target or self.pipeline.target,
+            "target": instance.target or self.spec.target,
             "prediction": float(result[1]),
             "out_of_domain": float(result[0]),
         }

@@ -27,7 +27,6 @@ from kserve.protocol.dataplane import DataPlane
 from transformer.http_errors import JSONResponse
 from transformer.scoring import triton_client
 
-
 log = logging.getLogger(__name__)
 
 REFRESH_S = 1.0

@@ -16,7 +16,7 @@ import numpy as np
 from kserve import InferInput, InferRequest
 from kserve.inference_client import InferenceGRPCClient
 
-from predictor.specs import ModelSpec
+from preprocessing.specs import ModelSpec
 from transformer.errors import UpstreamError
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from loadtests.gpu_bench import bench, ceiling, report
-from predictor.specs import SPECS, ModelSpec
+from preprocessing.specs import SPECS, ModelSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -61,8 +61,8 @@ def peak_for(gpu: dict, override: float | None) -> tuple[str, float] | None:
 def evaluation_tensors(bundle: Path, manifest: dict, plan: bench.Plan, notes: list[str]):
     """Per model: (names, encoded bytes, tensors, prepare), or None without Pillow."""
     try:
-        from transformer.decode import decode_image
-        from transformer.tensor import LOGO_MIN_SIDE, NSFW_MIN_SIDE, logo_tensor, nsfw_tensor
+        from preprocessing.decode import decode_image
+        from preprocessing.tensor import LOGO_MIN_SIDE, NSFW_MIN_SIDE, logo_tensor, nsfw_tensor
     except ImportError as exc:
         notes.append(f"numerics and end to end skipped: {exc} (install the bundle's wheels)")
         return None

@@ -16,7 +16,7 @@ from loadtests.gpu_bench import ceiling
 from loadtests.gpu_bench.batcher import DynamicBatcher, drive
 from loadtests.gpu_bench.convert import load
 from loadtests.gpu_bench.runner import Runner, time_calls
-from predictor.specs import ModelSpec
+from preprocessing.specs import ModelSpec
 
 POWERS_OF_TWO = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 # Scores are P(class); the decisions compared are "score of the positive label ≥ 0.5".

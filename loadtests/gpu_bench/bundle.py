@@ -4,7 +4,7 @@ Runtime, and hold it to the size budget: ``python -m loadtests.gpu_bench.bundle 
 The bundle holds the two exported models (constant-folded FP32 ONNX: both together fit, so
 FP16 is made on the GPU from the FP32 weights rather than shipped), the evaluation images
 (encoded, so the end-to-end run decodes them), and a Pillow wheel for the machine's
-Python, since ``transformer.decode`` needs Pillow. The code itself travels with the
+Python, since ``preprocessing.decode`` needs Pillow. The code itself travels with the
 working tree. Runs here, after ``make models``; never on the GPU machine.
 """
 
@@ -19,7 +19,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from loadtests.gpu_bench.convert import fold
-from predictor.specs import LOGO, NSFW, SPECS
+from preprocessing.specs import LOGO, NSFW, SPECS
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = {LOGO.name: ROOT / "build/logo/model.onnx", NSFW.name: ROOT / "build/nsfw/model.onnx"}

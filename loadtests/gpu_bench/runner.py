@@ -15,7 +15,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from predictor.specs import ModelSpec
+from preprocessing.specs import ModelSpec
 
 WARMUP_ITERATIONS = 3
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from transformer.decode import ALLOWED_FORMATS, BACKGROUND
+from preprocessing.decode import ALLOWED_FORMATS, BACKGROUND
 from transformer.video.errors import VideoError
 from transformer.video.limits import (
     Deadline,

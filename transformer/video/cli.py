@@ -22,7 +22,7 @@ import orjson
 import typer
 from tqdm import tqdm
 
-from predictor.specs import NSFW, ONNX_FILENAME
+from preprocessing.specs import NSFW, ONNX_FILENAME
 from transformer.config import load_settings
 from transformer.video.errors import VideoError
 from transformer.video.limits import VideoLimits

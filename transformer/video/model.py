@@ -22,8 +22,8 @@ from functools import partial
 
 import numpy as np
 
-from predictor.specs import NSFW
 from preprocessing.errors import CodedError
+from preprocessing.specs import NSFW
 from transformer.commons import CommonsClient, CommonsFile
 from transformer.config import Settings
 from transformer.errors import BadRequest, ItemError

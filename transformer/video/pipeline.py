@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from transformer.tensor import nsfw_tensor
+from preprocessing.tensor import nsfw_tensor
 from transformer.video.limits import VideoLimits
 from transformer.video.report import FrameScore, VideoReport, summarise
 from transformer.video.sampling import Sample, Scan, scan_video

@@ -18,7 +18,7 @@ import cairosvg
 import numpy as np
 from PIL import Image
 
-from predictor.logo.imaging import (
+from training.logo.imaging import (
     Colour,
     encode,
     flatten,
@@ -47,6 +47,7 @@ class LogoSvg:
     mono: bool = False
     colour: str | None = None
     licence: str | None = None  # where the package records a licence per icon
+    title: str | None = None  # the brand's name, where the package records it (simple-icons)
 
 
 class BlankRender(ValueError):
@@ -77,6 +78,86 @@ def render_logo(logo: LogoSvg, rng: np.random.Generator) -> tuple[bytes, dict]:
         background="transparent" if background is None else hex_colour(background),
     )
     return data, params
+
+
+def rasterise_file(svg: bytes, size: int) -> tuple[Image.Image, int]:
+    """An SVG drawing (clip art) as RGBA with its longer side at ``size`` pixels."""
+    return _rasterise(svg, size), size
+
+
+def render_logo_on_photo(logo: LogoSvg, photo: Image.Image, rng: np.random.Generator) -> tuple[bytes, dict]:
+    """The mark on a photograph, as on a product, a sign or a shirt: a hard positive.
+
+    The mark covers 35-70% of the picture's shorter side (a logo that a moderator would call the
+    subject), on a plain label patch half the time and always where the photograph would hide
+    it, slightly rotated, JPEG-encoded.
+    """
+    width, height = photo.size
+    area = log_uniform(rng, 0.1, 1.0) * width * height
+    aspect = log_uniform(rng, 1 / 1.6, 1.6)
+    crop_w = min(width, max(64, round(np.sqrt(area * aspect))))
+    crop_h = min(height, max(64, round(np.sqrt(area / aspect))))
+    left, top = int(rng.integers(0, width - crop_w + 1)), int(rng.integers(0, height - crop_h + 1))
+    out_side = round(log_uniform(rng, 256, 1200))
+    scale = out_side / max(crop_w, crop_h)
+    canvas = photo.crop((left, top, left + crop_w, top + crop_h)).resize(
+        (max(32, round(crop_w * scale)), max(32, round(crop_h * scale))), Image.Resampling.BILINEAR).convert("RGB")
+    fill = _pick_fill(logo, rng) if logo.mono else None
+    svg = logo.svg if fill is None else _paint(logo.svg, fill)
+    share = rng.uniform(0.35, 0.7)
+    mark = _rasterise(svg, max(24, round(min(canvas.size) * share)))
+    params: dict = {"photo_crop": [left, top, crop_w, crop_h], "size": list(canvas.size), "share": round(share, 3),
+                    "fill": None if fill is None else hex_colour(fill)}
+    # Where the mark goes, decided before it is drawn: a mark the photograph would hide there
+    # (dark on dark, thin lines on texture) is no longer a logo anyone could see, so such
+    # marks are printed on a label.
+    x = int(rng.integers(0, max(1, canvas.width - mark.width) + 1))
+    y = int(rng.integers(0, max(1, canvas.height - mark.height) + 1))
+    under = np.asarray(canvas.crop((x, y, x + mark.width, y + mark.height)), dtype=np.float32)
+    ground = tuple(int(v) for v in under.reshape(-1, 3).mean(0))
+    busy = float(under.std(axis=(0, 1)).mean()) > 40
+    if rng.random() < 0.5 or busy or _contrast(mark, ground) < 0.4:  # on a plain label, sign or box
+        pad = round(max(mark.size) * rng.uniform(0.1, 0.3))
+        label = Image.new("RGBA", (mark.width + 2 * pad, mark.height + 2 * pad),
+                          (*random_colour(rng, lightness=(0.1, 0.95)), 255))
+        if _contrast(mark, label.getpixel((0, 0))[:3]) < MIN_CONTRAST:
+            label = Image.new("RGBA", label.size, (*max((WHITE, BLACK), key=lambda c: _contrast(mark, c)), 255))
+        label.alpha_composite(mark, (pad, pad))
+        mark = label
+        params["label"] = True
+    angle = float(rng.uniform(-15, 15))
+    mark = mark.rotate(angle, resample=Image.Resampling.BILINEAR, expand=True)
+    if mark.width > canvas.width or mark.height > canvas.height:
+        mark.thumbnail(canvas.size)
+    x, y = min(x, canvas.width - mark.width), min(y, canvas.height - mark.height)
+    alpha = mark.getchannel("A").point(lambda a: round(a * rng.uniform(0.85, 1.0)) if a else 0)
+    canvas.paste(mark.convert("RGB"), (x, y), alpha)
+    params.update(angle=round(angle, 2), position=[x, y])
+    data, encoding = encode(canvas, rng, jpeg_share=0.85)
+    return data, {**params, **encoding}
+
+
+def render_logo_lowres(logo: LogoSvg, rng: np.random.Generator) -> tuple[bytes, dict]:
+    """A small or badly compressed copy: rendered at 16-64 px, often upscaled, often low-quality JPEG."""
+    fill = _pick_fill(logo, rng) if logo.mono else None
+    svg = logo.svg if fill is None else _paint(logo.svg, fill)
+    size = round(log_uniform(rng, 16, 64))
+    img = _pad(_rasterise(svg, size), rng)
+    background = _pick_background(rng, fill) or WHITE
+    if _contrast(img, background) < MIN_CONTRAST:
+        background = max((WHITE, BLACK), key=lambda colour: _contrast(img, colour))
+    img = flatten(img, background)
+    params: dict = {"size": size, "background": hex_colour(background),
+                    "fill": None if fill is None else hex_colour(fill)}
+    if rng.random() < 0.6:  # an upscaled thumbnail: blocky or blurry
+        factor = rng.uniform(2, 8)
+        resample = Image.Resampling.NEAREST if rng.random() < 0.4 else Image.Resampling.BILINEAR
+        img = img.resize((round(img.width * factor), round(img.height * factor)), resample)
+        params["upscaled"] = [round(factor, 2), resample.name]
+    buf = io.BytesIO()
+    quality = int(rng.integers(10, 50))
+    img.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue(), {**params, "format": "JPEG", "quality": quality}
 
 
 def _rasterise(svg: bytes, size: int) -> Image.Image:
@@ -165,6 +246,7 @@ def _simple_icons(package: str, root: Path) -> Iterator[LogoSvg]:
             mono=True,
             colour=icon["hex"],
             licence=icon.get("license", {}).get("type"),
+            title=icon["title"],
         )
 
 

@@ -82,3 +82,71 @@ def operating_point(scores: np.ndarray, labels: np.ndarray, target: float = TARG
     best = meets[-1]
     return {"target_precision": target, "threshold": round(float(thresholds[best]), 5),
             "precision": round(float(precision[best]), 5), "recall": round(float(recall[best]), 5)}
+
+
+# Kinds whose negatives are flat graphics (everything but photographs); see data.KINDS.
+FLAT_KINDS = ("diagram", "plot", "screenshot", "illustration", "map", "page")
+
+
+def by_kind(scores: np.ndarray, labels: np.ndarray, kinds: np.ndarray, threshold: float | None = None) -> dict:
+    """Per kind: how many, accuracy and error rate at 0.5 (and at ``threshold``), and ROC-AUC
+    of that kind against every item of the other class (a kind holds one class only)."""
+    result = {}
+    for kind in dict.fromkeys(kinds.tolist()):
+        mask = kinds == kind
+        label = int(labels[mask][0])
+        called_logo = scores[mask] >= 0.5
+        wrong = called_logo != (label == 1)
+        row = {"label": "logo" if label else "out_of_domain", "count": int(mask.sum()),
+               "accuracy": round(float(1 - wrong.mean()), 5),
+               ("fnr" if label else "fpr"): round(float(wrong.mean()), 5),
+               "errors": int(wrong.sum()), "median_score": round(float(np.median(scores[mask])), 5)}
+        others = labels != label
+        pair = mask | others
+        if others.any():
+            row["roc_auc"] = round(roc_auc(scores[pair], labels[pair]), 5)
+        if threshold is not None:
+            wrong_t = (scores[mask] >= threshold) != (label == 1)
+            row[("fnr" if label else "fpr") + "_at_threshold"] = round(float(wrong_t.mean()), 5)
+        result[kind] = row
+    return result
+
+
+def flat_graphics(scores: np.ndarray, labels: np.ndarray, kinds: np.ndarray, threshold: float | None = None) -> dict:
+    """The issue's target: false-positive rate on the flat-graphic negatives, all kinds together."""
+    mask = (labels == 0) & np.isin(kinds, FLAT_KINDS)
+    pair = mask | (labels == 1)
+    result = {"count": int(mask.sum()), "fpr": round(float((scores[mask] >= 0.5).mean()), 5),
+              "false_positives": int((scores[mask] >= 0.5).sum()),
+              "roc_auc_vs_logos": round(roc_auc(scores[pair], labels[pair]), 5)}
+    if threshold is not None:
+        result["fpr_at_threshold"] = round(float((scores[mask] >= threshold).mean()), 5)
+    return result
+
+
+def calibration(scores: np.ndarray, labels: np.ndarray, bins: int = 10) -> dict:
+    """Reliability of P(logo): per equal-width bin, the mean score and the share of logos;
+    the expected calibration error (ECE) is their gap weighted by the bin's share of items."""
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(scores, edges[1:-1], right=False), 0, bins - 1)
+    rows, ece = [], 0.0
+    for b in range(bins):
+        mask = which == b
+        if not mask.any():
+            rows.append({"bin": [round(edges[b], 2), round(edges[b + 1], 2)], "count": 0})
+            continue
+        mean_score, share_logo = float(scores[mask].mean()), float((labels[mask] == 1).mean())
+        ece += mask.mean() * abs(mean_score - share_logo)
+        rows.append({"bin": [round(edges[b], 2), round(edges[b + 1], 2)], "count": int(mask.sum()),
+                     "mean_score": round(mean_score, 5), "share_logo": round(share_logo, 5)})
+    return {"ece": round(float(ece), 5), "bins": rows}
+
+
+def at_threshold(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
+    """Precision, recall, accuracy and the confusion matrix of "logo if score >= threshold"."""
+    predicted, positive = scores >= threshold, labels == 1
+    tp, fp = int((predicted & positive).sum()), int((predicted & ~positive).sum())
+    fn, tn = int((~predicted & positive).sum()), int((~predicted & ~positive).sum())
+    return {"threshold": round(float(threshold), 5), "precision": round(tp / max(1, tp + fp), 5),
+            "recall": round(tp / max(1, tp + fn), 5), "accuracy": round((tp + tn) / len(labels), 5),
+            "confusion": [[tn, fp], [fn, tp]]}

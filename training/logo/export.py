@@ -17,7 +17,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from transformer.tensor import INPUT_SIZE
+from preprocessing.tensor import INPUT_SIZE
 
 INPUT = "image"
 OUTPUT = "scores"
@@ -26,8 +26,10 @@ THREADS = 2  # fixed, so features (and so training) are reproducible on any mach
 TOLERANCE = 1e-4
 
 
-def export_onnx(module: nn.Module, path: Path, output: str, metadata: dict[str, str] | None = None) -> None:
-    """Export ``module`` (uint8 NHWC in) with a dynamic batch dimension."""
+def export_onnx(module: nn.Module, path: Path, output: str | tuple[str, ...],
+                metadata: dict[str, str] | None = None) -> None:
+    """Export ``module`` (uint8 NHWC in; one output, or a tuple of them) with a dynamic batch dimension."""
+    outputs = (output,) if isinstance(output, str) else tuple(output)
     module.eval()
     example = torch.zeros((1, INPUT_SIZE, INPUT_SIZE, 3), dtype=torch.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -37,8 +39,8 @@ def export_onnx(module: nn.Module, path: Path, output: str, metadata: dict[str, 
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
         torch.onnx.export(
-            module, (example,), str(path), input_names=[INPUT], output_names=[output],
-            dynamic_axes={INPUT: {0: "batch"}, output: {0: "batch"}},
+            module, (example,), str(path), input_names=[INPUT], output_names=list(outputs),
+            dynamic_axes={INPUT: {0: "batch"}, **{name: {0: "batch"} for name in outputs}},
             opset_version=OPSET, dynamo=False,
         )
     model = onnx.load(str(path))

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from predictor.logo import LABELS, augment, data, features, train
-from predictor.logo.fetch import Package
-from predictor.logo.model import LogoDetector
+from training.logo import LABELS, augment, data, features, fitting
+from training.logo.fetch import Package
+from training.logo.model import LogoDetector
 
 TOP_BLOCKS = 5
 EPOCHS = 10
@@ -36,9 +36,9 @@ def run(out: Path, packages: dict[str, Package], dataset: features.Dataset, dete
         raise RuntimeError("the rendered items differ from the cached features: rebuild build/logo")
     labels, splits = dataset.labels, dataset.splits
     recipe = {"device": torch.cuda.get_device_name(device), "top_blocks": TOP_BLOCKS, "epochs": EPOCHS,
-              "learning_rate": LEARNING_RATE, "batch": train.BATCH}
+              "learning_rate": LEARNING_RATE, "batch": fitting.BATCH}
     history = finetune(detector, images, labels, splits, device=device, checkpoint=out / CHECKPOINT,
-                       fingerprint=f"finetune:{dataset.data_digest}:{TOP_BLOCKS}:{LEARNING_RATE}:{train.BATCH}",
+                       fingerprint=f"finetune:{dataset.data_digest}:{TOP_BLOCKS}:{LEARNING_RATE}:{fitting.BATCH}",
                        resume=resume)
     scores = {split: predict(detector, images[splits == split], device) for split in ("val", "test")}
     detector.cpu()
@@ -55,35 +55,35 @@ def finetune(detector: LogoDetector, images: np.ndarray, labels: np.ndarray, spl
              device: str, checkpoint: Path, fingerprint: str, resume: bool = False,
              epochs: int = EPOCHS, lr: float = LEARNING_RATE) -> dict:
     """Train the top of the backbone and the head on ``device``; return the history."""
-    train.seed_everything()
+    fitting.seed_everything()
     detector.backbone.unfreeze_top(TOP_BLOCKS)
     detector.to(device)
     x_train = torch.from_numpy(images[splits == "train"]).to(device)
     y_train = torch.from_numpy(labels[splits == "train"]).to(device)
     x_val = torch.from_numpy(images[splits == "val"]).to(device)
     y_val = torch.from_numpy(labels[splits == "val"]).to(device)
-    loss_fn = nn.CrossEntropyLoss(weight=train.class_weights(y_train.cpu()).to(device))
+    loss_fn = nn.CrossEntropyLoss(weight=fitting.class_weights(y_train.cpu()).to(device))
     optimiser = torch.optim.Adam([p for p in detector.parameters() if p.requires_grad], lr=lr)
 
     def train_epoch() -> None:
         # Seeded from torch's generator, which ``fit`` reseeds every epoch.
         rng = np.random.default_rng(int(torch.randint(2**62, ())))
-        for idx in torch.randperm(len(x_train)).split(train.BATCH):
+        for idx in torch.randperm(len(x_train)).split(fitting.BATCH):
             batch = augment.augment(x_train[idx.to(device)], augment.draw([rng] * len(idx)))
             optimiser.zero_grad()
             loss_fn(detector.logits(batch), y_train[idx.to(device)]).backward()
             optimiser.step()
 
     def val_loss() -> float:
-        logits = torch.cat([detector.logits(x) for x in x_val.split(train.BATCH)])
+        logits = torch.cat([detector.logits(x) for x in x_val.split(fitting.BATCH)])
         return float(loss_fn(logits, y_val))
 
-    return train.fit(detector, optimiser, train_epoch, val_loss, epochs=epochs, checkpoint=checkpoint,
+    return fitting.fit(detector, optimiser, train_epoch, val_loss, epochs=epochs, checkpoint=checkpoint,
                      fingerprint=fingerprint, resume=resume, desc="finetune")
 
 
 def predict(detector: LogoDetector, images: np.ndarray, device: str) -> np.ndarray:
     detector.eval()
     with torch.no_grad():
-        scores = [detector(x.to(device)).cpu() for x in torch.from_numpy(images).split(train.BATCH)]
+        scores = [detector(x.to(device)).cpu() for x in torch.from_numpy(images).split(fitting.BATCH)]
     return torch.cat(scores)[:, LABELS.index("logo")].numpy()

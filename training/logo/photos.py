@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
-from predictor.logo.imaging import encode, log_uniform
-from transformer.decode import decode_image
+from preprocessing.decode import decode_image
+from training.logo.imaging import encode, log_uniform
 
 # Crops never need more; downscaling once makes each crop cheap.
 _WORKING_SIDE = 2048

@@ -15,7 +15,7 @@ import matplotlib
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from predictor.logo.imaging import encode, log_uniform
+from training.logo.imaging import encode, log_uniform
 
 KINDS = ("glyph", "skeletal_formula", "coat_of_arms")
 PER_KIND = 60

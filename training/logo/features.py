@@ -1,13 +1,16 @@
-"""Render the data set once and keep only its pooled backbone features (cached in build/).
+"""Render the data set once and keep what training needs of each item (cached in build/).
 
-The backbone is frozen on CPU, so the head trains on features alone. They are computed by
-ONNX Runtime on the exported backbone graph (about 5x faster than eager torch on two
-cores), i.e. by the very graph, normalisation included, that the service runs.
+The trunk is frozen on CPU up to its last MBConv block, so training needs only two
+things per item, both computed once by ONNX Runtime on the exported trunk graph (about 5x
+faster than eager torch on two cores; the very graph, normalisation included, the service
+runs): the pooled features ``[1280]`` the head trains on, and the last block's output
+``[320, 7, 7]`` (float16) from which ``tune`` fine-tunes the 1x1 head convolution with the head.
 
-Augmentation (``augment``) cannot run per step on fixed features, so each training item
-also gets ``AUG_VIEWS`` augmented views, seeded by the item: training draws one of the
-item's views each epoch, a finite stand-in for Keras' fresh augmentation per step.
-Validation and test items are never augmented.
+Augmentation (``augment``) cannot run per step on fixed features; each training item may
+get ``AUG_VIEWS`` augmented views, seeded by the item, of which training draws one per epoch.
+The v2 build uses none: on the v1 data, views made validation worse (loss 0.053 with none,
+0.064 / 0.066 / 0.072 with 1 / 2 / 3) and each cost ~85 s of the build's time budget, which
+the hard negatives and the fine-tuning now use. Validation and test items are never augmented.
 """
 
 from __future__ import annotations
@@ -21,17 +24,14 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from predictor.logo import LABELS, augment, data
-from predictor.logo.export import INPUT, export_onnx, session
-from predictor.logo.fetch import Package
-from predictor.logo.model import Backbone
+from training.logo import LABELS, augment, data
+from training.logo.export import INPUT, export_onnx, session
+from training.logo.fetch import Package
+from training.logo.model import FEATURES, Backbone, Trunk
 
 BATCH = 64
-# Each view of the 8.6k training items costs about 85 s of backbone time on two cores, and
-# more views did not help on the (unaugmented) validation split: validation loss 0.064,
-# 0.066, 0.072 for 1, 2, 3 views. One keeps the recipe's augmentation at the lowest cost
-# (see the model card).
-AUG_VIEWS = 1
+# See the module docstring and the model card: views cost time and did not help.
+AUG_VIEWS = 0
 # How many test items per class are kept as images, for the parity and separation tests.
 SAMPLE_PER_CLASS = 32
 
@@ -39,6 +39,7 @@ SAMPLE_PER_CLASS = 32
 _INPUTS = [
     *(Path(data.__file__).parent / name for name in (
         "__init__.py", "data.py", "logos.py", "photos.py", "synthetic.py", "imaging.py", "sources.py",
+        "figures.py", "wordmarks.py",
         "augment.py", "model.py", "export.py", "features.py", "package-lock.json")),
     Path(data.__file__).parents[2] / "transformer" / "decode.py",
     Path(data.__file__).parents[2] / "transformer" / "tensor.py",
@@ -54,6 +55,8 @@ class Dataset:
     ids: np.ndarray  # str [N]: the manifest id of each item
     views: np.ndarray  # float32 [N_train, AUG_VIEWS, 1280]: augmented views of the train rows, in order
     data_digest: str  # sha256 of every item's id, label, split and pixels, augmented views included
+    kinds: np.ndarray | None = None  # str [N]: data.KINDS
+    blocks: np.ndarray | None = None  # float16 [N, 320, 7, 7]: the last MBConv block's output
 
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         mask = self.splits == name
@@ -72,18 +75,20 @@ def load_or_build(out: Path, packages: dict[str, Package]) -> Dataset:
                 return Dataset(**arrays, data_digest=str(saved["data_digest"]))
     dataset = _build(out, data.plan(packages))
     np.savez(cache, features=dataset.features, labels=dataset.labels, splits=dataset.splits,
-             groups=dataset.groups, ids=dataset.ids, views=dataset.views,
-             data_digest=dataset.data_digest, cache_key=key)
+             groups=dataset.groups, ids=dataset.ids, views=dataset.views, kinds=dataset.kinds,
+             blocks=dataset.blocks, data_digest=dataset.data_digest, cache_key=key)
     return dataset
 
 
 class _Extractor:
-    """Feeds images to the backbone in batches of ``BATCH``; features come out in order."""
+    """Feeds images to the trunk in batches of ``BATCH``; its outputs come out in order."""
 
-    def __init__(self, extractor: ort.InferenceSession) -> None:
+    def __init__(self, extractor: ort.InferenceSession, keep_blocks: bool = True) -> None:
         self._session = extractor
+        self._keep_blocks = keep_blocks
         self._pending: list[np.ndarray] = []
         self.features: list[np.ndarray] = []
+        self.blocks: list[np.ndarray] = []
 
     def add(self, images: np.ndarray) -> None:
         self._pending.extend(images)
@@ -95,25 +100,30 @@ class _Extractor:
         if self._pending:
             self._run(self._pending)
             self._pending = []
-        return np.concatenate(self.features)
+        return np.concatenate(self.features) if self.features else np.zeros((0, FEATURES), np.float32)
 
     def _run(self, images: list[np.ndarray]) -> None:
-        self.features.append(self._session.run(None, {INPUT: np.stack(images)})[0])
+        features, blocks = self._session.run(None, {INPUT: np.stack(images)})
+        self.features.append(features)
+        if self._keep_blocks:
+            self.blocks.append(blocks.astype(np.float16))
 
 
-def augmented_views(image: np.ndarray, seed: int) -> np.ndarray:
-    """The ``AUG_VIEWS`` augmented uint8 views of one item, from its seed alone."""
-    params = augment.draw([np.random.default_rng([seed, view]) for view in range(AUG_VIEWS)])
-    batch = torch.from_numpy(np.repeat(image[None], AUG_VIEWS, axis=0))
+def augmented_views(image: np.ndarray, seed: int, views: int = AUG_VIEWS) -> np.ndarray:
+    """The ``views`` augmented uint8 views of one item, from its seed alone."""
+    if views == 0:
+        return np.zeros((0, *image.shape), np.uint8)
+    params = augment.draw([np.random.default_rng([seed, view]) for view in range(views)])
+    batch = torch.from_numpy(np.repeat(image[None], views, axis=0))
     return augment.augment(batch, params).numpy()
 
 
 def _build(out: Path, tasks: list[data.Task]) -> Dataset:
     out.mkdir(parents=True, exist_ok=True)
     backbone_path = out / "backbone.onnx"
-    export_onnx(Backbone(), backbone_path, "features")
+    export_onnx(Trunk(Backbone()), backbone_path, ("features", "block"))
     extractor = session(backbone_path)
-    clean, views = _Extractor(extractor), _Extractor(extractor)
+    clean, views = _Extractor(extractor), _Extractor(extractor, keep_blocks=False)
     sample_ids = _pick_sample([item for task in tasks for item in task.items])
     digest = hashlib.sha256()
 
@@ -128,7 +138,7 @@ def _build(out: Path, tasks: list[data.Task]) -> Dataset:
             digest.update(f"{item.id}\0{item.label}\0{item.split}\0".encode())
             digest.update(rendered.image.tobytes())
             clean.add(rendered.image[None])
-            if item.split == "train":
+            if item.split == "train" and AUG_VIEWS:
                 augmented = augmented_views(rendered.image, item.seed)
                 digest.update(augmented.tobytes())
                 views.add(augmented)
@@ -143,10 +153,12 @@ def _build(out: Path, tasks: list[data.Task]) -> Dataset:
         ids=np.array([r.item.id for r in sample]),
     )
     features = clean.result()
+    n_train = sum(item.split == "train" for item in items)
     return Dataset(
         features, np.array([i.label for i in items]), np.array([i.split for i in items]),
         np.array([i.group for i in items]), np.array([i.id for i in items]),
-        views.result().reshape(-1, AUG_VIEWS, features.shape[1]), digest.hexdigest(),
+        views.result().reshape(n_train, AUG_VIEWS, features.shape[1]), digest.hexdigest(),
+        kinds=np.array([i.kind for i in items]), blocks=np.concatenate(clean.blocks),
     )
 
 

@@ -1,4 +1,4 @@
-"""The evaluation's figures: ROC and PR curves, and a contact sheet of the hardest items.
+"""The evaluation's figures: ROC and PR curves, reliability diagram, contact sheets of the hardest items.
 
 Kept small for committing: 4x4-inch curves at 80 dpi, and a palette PNG contact sheet.
 """
@@ -34,6 +34,29 @@ def curve(path: Path, x: np.ndarray, y: np.ndarray, *, title: str, xlabel: str, 
     axes[1].set_title("zoomed", fontsize=10)
     axes[1].legend(loc="lower left", fontsize=8)
     fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, metadata=_PNG_METADATA)
+    plt.close(fig)
+
+
+def reliability(path: Path, calibration: dict[str, dict]) -> None:
+    """Reliability diagram: mean P(logo) against the share of logos per score bin, one line
+    per split, with the bins' item counts below (log scale: most items sit near 0 or 1)."""
+    fig, (ax, counts) = plt.subplots(2, 1, figsize=(5, 6), dpi=80, gridspec_kw={"height_ratios": [3, 1]},
+                                     sharex=True)
+    ax.plot([0, 1], [0, 1], ":", color="grey", label="perfectly calibrated")
+    for n, (split, table) in enumerate(calibration.items()):
+        rows = [row for row in table["bins"] if row["count"]]
+        ax.plot([row["mean_score"] for row in rows], [row["share_logo"] for row in rows], "o-",
+                color=f"C{n}", label=f"{split} (ECE {table['ece']:.4f})")
+        centres = [sum(row["bin"]) / 2 + (n - 0.5) * 0.03 for row in rows]
+        counts.bar(centres, [row["count"] for row in rows], width=0.03, color=f"C{n}", label=split)
+    ax.set(ylabel="share of logos in the bin", xlim=(-0.02, 1.02), ylim=(-0.02, 1.02),
+           title="Reliability of P(logo), 10 equal-width bins")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    counts.set(xlabel="predicted P(logo) (bin mean)", ylabel="items", yscale="log")
+    counts.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, metadata=_PNG_METADATA)
     plt.close(fig)

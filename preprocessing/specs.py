@@ -16,7 +16,11 @@ class ModelSpec:
     """What Triton serves under ``name`` and how it is batched."""
 
     name: str
+    # Softmax outputs in order; the last is what ``prediction`` reports (the gogologo
+    # response's ``target``), the others are ``out_of_domain``.
     labels: tuple[str, ...]
+    # Where `make models` writes the exported ONNX that the repository serves.
+    onnx_path: str = ""
     # Triton's model version: the repository's version directory, reported by Triton in
     # every response and written into the exported ONNX metadata. Bump it whenever the
     # exported model changes.
@@ -59,6 +63,10 @@ class ModelSpec:
             raise ValueError(f"{self.name}: queue timeout and queue batches must be positive")
 
     @property
+    def target(self) -> str:
+        return self.labels[-1]
+
+    @property
     def output_dims(self) -> tuple[int]:
         return (len(self.labels),)
 
@@ -78,8 +86,13 @@ class ModelSpec:
         return self.gpu_queue_batches * self.max_batch_size
 
 
-LOGO = ModelSpec(name="logo-detection", labels=("out_of_domain", "logo"))
-NSFW = ModelSpec(name="nsfw-detection", labels=("sfw", "nsfw"))
+LOGO = ModelSpec(
+    name="logo-detection",
+    labels=("out_of_domain", "logo"),
+    onnx_path="build/logo/model.onnx",
+    version=2,
+)
+NSFW = ModelSpec(name="nsfw-detection", labels=("sfw", "nsfw"), onnx_path="build/nsfw/model.onnx")
 SPECS: tuple[ModelSpec, ...] = (LOGO, NSFW)
 
 ONNX_FILENAME = "model.onnx"

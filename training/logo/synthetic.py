@@ -14,7 +14,7 @@ import string
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from predictor.logo.imaging import encode, log_uniform, random_colour
+from training.logo.imaging import encode, log_uniform, random_colour
 
 KINDS = ("document", "chart", "map")
 

@@ -1,0 +1,1 @@
+"""Builds the models the service serves from our own training code; serving never imports it."""

@@ -1,0 +1,77 @@
+"""Fine-tune the top of the trunk on CPU: the 1x1 head convolution and its batch norm's
+affine parameters, with the head, on the cached outputs of the last MBConv block.
+
+This is Keras' second transfer phase, cut to what two cores afford: the head trained on
+frozen pooled features (``train.train_head``) is the starting point; each step runs only
+``Backbone.top`` (20 M multiply-adds per image, against ~400 M for the whole trunk) on the
+cached ``[320, 7, 7]`` block outputs (``features.Dataset.blocks``). Batch-norm statistics
+stay frozen. The epoch with the lowest validation loss is kept, and the tuned weights are
+kept only if that loss beats the frozen trunk's: the comparison is recorded either way.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from training.logo import LABELS, features, fitting
+from training.logo.model import LogoDetector, Top
+
+EPOCHS = 4
+LEARNING_RATE = 1e-4
+CHECKPOINT = "checkpoint-tune.pt"
+
+
+def top_scores(top: nn.Module, blocks: np.ndarray) -> np.ndarray:
+    """P(logo) from cached block outputs, as the exported graph's softmax computes it."""
+    return torch.softmax(_logits(top, blocks), dim=1)[:, LABELS.index("logo")].numpy()
+
+
+def _logits(top: nn.Module, blocks: np.ndarray) -> torch.Tensor:
+    top.eval()
+    with torch.no_grad():
+        return torch.cat([top(torch.from_numpy(blocks[i : i + 256].astype(np.float32)))
+                          for i in range(0, len(blocks), 256)])
+
+
+def tune(dataset: features.Dataset, detector: LogoDetector, *, checkpoint: Path, resume: bool = False,
+         epochs: int = EPOCHS, lr: float = LEARNING_RATE) -> dict:
+    """Fine-tune ``detector``'s top and head in place; return the history and what was kept."""
+    fitting.seed_everything()
+    top = Top(detector)
+    detector.requires_grad_(False)
+    for parameter in (*detector.backbone.top_parameters(), *detector.head.parameters()):
+        parameter.requires_grad_(True)
+    is_train = dataset.splits == "train"
+    blocks = dataset.blocks[is_train]
+    y_train = torch.from_numpy(dataset.labels[is_train])
+    val_blocks, y_val = dataset.blocks[dataset.splits == "val"], torch.from_numpy(dataset.split("val")[1])
+    loss_fn = nn.CrossEntropyLoss(weight=fitting.class_weights(y_train))
+    optimiser = torch.optim.Adam([p for p in top.parameters() if p.requires_grad], lr=lr)
+
+    def train_epoch() -> None:
+        for idx in torch.randperm(len(blocks)).split(fitting.BATCH):
+            rows = np.sort(idx.numpy())  # sorted rows read the float16 cache faster; order within a batch is moot
+            optimiser.zero_grad()
+            loss_fn(top(torch.from_numpy(blocks[rows].astype(np.float32))), y_train[rows]).backward()
+            optimiser.step()
+
+    def val_loss() -> float:
+        return float(loss_fn(_logits(top, val_blocks), y_val))
+
+    frozen_state = copy.deepcopy(top.state_dict())
+    frozen_loss = val_loss()
+    fingerprint = f"tune:{dataset.data_digest}:{lr}:{fitting.BATCH}:{frozen_loss}"
+    history = fitting.fit(top, optimiser, train_epoch, val_loss, epochs=epochs, checkpoint=checkpoint,
+                        fingerprint=fingerprint, resume=resume, desc="tune")
+    tuned_loss = min(history["val_loss_per_epoch"])
+    kept = "tuned" if tuned_loss < frozen_loss else "frozen"
+    if kept == "frozen":
+        top.load_state_dict(frozen_state)
+    detector.requires_grad_(False)
+    return {"epochs": epochs, "learning_rate": lr, "trained": "backbone._conv_head, backbone._bn1 (affine), head",
+            "val_loss_frozen": round(frozen_loss, 5), **history, "kept": kept}
