@@ -24,6 +24,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from preprocessing import decode, tensor
 from training.logo import LABELS, augment, data
 from training.logo.export import INPUT, export_onnx, session
 from training.logo.fetch import Package
@@ -41,8 +42,8 @@ _INPUTS = [
         "__init__.py", "data.py", "logos.py", "photos.py", "synthetic.py", "imaging.py", "sources.py",
         "figures.py", "wordmarks.py",
         "augment.py", "model.py", "export.py", "features.py", "package-lock.json")),
-    Path(data.__file__).parents[2] / "transformer" / "decode.py",
-    Path(data.__file__).parents[2] / "transformer" / "tensor.py",
+    Path(decode.__file__),
+    Path(tensor.__file__),
 ]
 
 
