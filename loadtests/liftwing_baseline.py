@@ -1,6 +1,6 @@
 """Today's Lift Wing logo-detection server, re-implemented from its public description.
 
-BRIEF §5 lists what it does; this module reproduces the parts that cost time, so the
+This module reproduces the parts that cost time, so the
 benchmark compares serving designs rather than models: one process, one blocking
 worker, no batching across requests, every image written to a temporary directory and
 read back, stretched to 224×224 without keeping the aspect ratio (Keras ``load_img``,

@@ -1,4 +1,4 @@
-"""nsfw-video-detection over HTTP on the real Triton and the fake Commons (issue 4), plus
+"""nsfw-video-detection over HTTP on the real Triton and the fake Commons, plus
 the pure parts: the sampling policy and the report's segments.
 
 Single-image scores come from ``nsfw-detection`` on PNGs (lossless) of the very frames a

@@ -101,7 +101,7 @@ def npm_packages() -> tuple[str, ...]:
 # geometry diagrams from Boost, screenshots from the GIMP, KiCad and Qt manuals, clip-art
 # illustrations and maps from Open Clip Art. Chosen by looking at a sample of each; the kind is
 # assigned per folder (approximate: a Qt "diagram" folder holds a few screenshots too).
-# Never OpenCV's documentation, nor any package BRIEF §3 reserves for the held-out benchmark.
+# Only these: nothing reserved for the held-out benchmark.
 
 
 @dataclass(frozen=True)
