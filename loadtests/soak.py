@@ -78,18 +78,6 @@ def step_rates(rows: list[dict[str, str]]) -> dict[int, float]:
     return rates
 
 
-def vmrss_mb(pid: int) -> float | None:
-    # None for a process that exited since its tree was listed.
-    try:
-        with open(f"/proc/{pid}/status") as handle:
-            for line in handle:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return None
-
-
 def label(process: psutil.Process) -> str:
     """``tritonserver``, ``transformer`` or ``stub <model>``, with the pid."""
     try:
@@ -112,9 +100,12 @@ def sample_rss(roots: list[psutil.Process], started: float) -> Sample:
         except psutil.NoSuchProcess:
             continue
         for process in tree:
-            if (mb := vmrss_mb(process.pid)) is not None:
-                sample[label(process)] = round(mb, 1)
-                sample["total"] += mb
+            try:
+                mb = process.memory_info().rss / 2**20
+            except psutil.NoSuchProcess:
+                continue  # exited since its tree was listed
+            sample[label(process)] = round(mb, 1)
+            sample["total"] += mb
     sample["total"] = round(sample["total"], 1)
     return sample
 
