@@ -118,7 +118,7 @@ def die_with_parent() -> None:
 
 
 class TritonProcess:
-    """A ``tritonserver`` child process with readiness polling and clean shutdown."""
+    """A ``tritonserver`` child process: start, readiness, clean shutdown (`TritonSupervisor` drives it)."""
 
     def __init__(
         self,
@@ -155,16 +155,6 @@ class TritonProcess:
         except (urllib.error.URLError, OSError):
             return False
 
-    def wait_ready(self, timeout_s: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"tritonserver exited with code {self.process.returncode}")
-            if self.ready():
-                return
-            time.sleep(0.25)
-        raise TimeoutError(f"tritonserver not ready after {timeout_s:.0f} s")
-
     def stop(self, timeout_s: float = 20.0) -> None:
         if self.process is None:
             return
@@ -186,14 +176,6 @@ class TritonProcess:
             os.killpg(self.process.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-
-    def __enter__(self) -> TritonProcess:
-        self.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
-
 
 def describe_exit(returncode: int) -> str:
     if returncode >= 0:
