@@ -6,15 +6,25 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 REPOSITORY_STAMP := build/.model_repository.stamp
 
-.PHONY: venv models serve test loadtest soak bench gpu-bench clean distclean
+.PHONY: venv postgres models serve test loadtest soak bench gpu-bench clean distclean
 
 venv: $(STAMP)
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# torch alone first: 2.13.0 is the CPU wheel on disk; left to the resolver it pulls CUDA wheels.
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -r requirements.txt
+	# This project itself, editable and without dependencies: the console scripts.
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
+
+# PostgreSQL's server binaries for the score store's tests (they start a throwaway cluster).
+PG_CTL := $(firstword $(wildcard /usr/lib/postgresql/*/bin/pg_ctl))
+postgres:
+	@if [ -z "$(PG_CTL)" ]; then \
+		$(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq postgresql >/dev/null; \
+	fi
 
 include training/logo/logo.mk
 include charts/helm.mk
@@ -30,7 +40,7 @@ $(REPOSITORY_STAMP): build/logo/model.onnx build/nsfw/model.onnx preprocessing/s
 serve: models
 	$(PY) -m stack
 
-test: models $(HELM)
+test: models $(HELM) postgres
 	$(PY) -m pytest
 
 # `make loadtest` starts its own stack (and fake Commons); `make loadtest URL=http://host:8080`
@@ -45,6 +55,7 @@ soak: models
 
 bench: models
 	$(PY) -m loadtests.bench $(BENCH_ARGS)
+	$(PY) -m loadtests.bench_store
 
 # `make gpu-bench`: bundle the models, images and wheels a GPU machine needs (≤ 64 MiB), then
 # benchmark with GPU_PYTHON (an interpreter with CUDA PyTorch). DRY_RUN=1: CPU, seconds,

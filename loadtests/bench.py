@@ -43,6 +43,7 @@ from preprocessing.decode import decode_image
 from preprocessing.specs import SPECS, ModelSpec
 from preprocessing.tensor import PREPARATIONS
 from stack import Stack, free_port
+from stack.launcher import WITHOUT_SCORE_STORE
 
 ROOT = Path(__file__).resolve().parent.parent
 REPOSITORY = ROOT / "model_repository"
@@ -335,7 +336,9 @@ def main(
         print(render_table(results[-1:]).splitlines()[-1], flush=True)
 
     baseline_port = free_port()
-    env = {"DECODE_THREADS": str(decode_threads)} if decode_threads is not None else {}
+    env = dict(WITHOUT_SCORE_STORE)
+    if decode_threads is not None:
+        env["DECODE_THREADS"] = str(decode_threads)
     stack = Stack(
         model_repository=served,
         env=env,

@@ -25,7 +25,7 @@ import typer
 
 from loadtests import payloads
 from stack import Stack
-from stack.launcher import commons_environment
+from stack.launcher import WITHOUT_SCORE_STORE, commons_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 BASELINE = Path(__file__).with_name("baseline.json")
@@ -117,7 +117,8 @@ def start_local_stack(exits: ExitStack, out: Path, names_dir: Path) -> Stack:
 
     files = {p.name: p.read_bytes() for p in sorted(names_dir.iterdir())}
     commons = exits.enter_context(FakeCommons(files))
-    return exits.enter_context(Stack(env=commons_environment(commons.api_url), logs=out))
+    env = {**commons_environment(commons.api_url), **WITHOUT_SCORE_STORE}
+    return exits.enter_context(Stack(env=env, logs=out))
 
 
 def main(

@@ -44,6 +44,11 @@ def free_triton_ports() -> TritonPorts:
     return TritonPorts(http=free_port(), grpc=free_port(), metrics=free_port())
 
 
+# For runs that measure or fault the scoring path itself: with the score store on, a
+# repeated image would be answered from the store and never reach Triton.
+WITHOUT_SCORE_STORE = {"SCORE_STORE": "false"}
+
+
 def commons_environment(api_url: str) -> dict[str, str]:
     """Settings that point the transformer at a MediaWiki API whose files it serves too
     (the stand-in in ``devtools``)."""

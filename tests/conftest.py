@@ -7,18 +7,22 @@ test session, on the model repository that ``make models`` generated.
 
 from __future__ import annotations
 
+import itertools
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy
 
 from devtools import images, videos
 from devtools.fake_commons import FakeCommons
 from predictor.triton_server import TritonPorts
 from preprocessing.specs import SPECS
 from stack import Stack
-from stack.launcher import StackError, commons_environment
+from stack.launcher import WITHOUT_SCORE_STORE, StackError, commons_environment
+from tests import postgres
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_REPOSITORY = ROOT / "model_repository"
@@ -32,6 +36,7 @@ def stack(fake_commons: FakeCommons, tmp_path_factory: pytest.TempPathFactory) -
         pytest.fail(f"model repository lacks {missing}: run `make models` (make test does)")
     env = {
         **commons_environment(fake_commons.api_url),
+        **WITHOUT_SCORE_STORE,
         "COMMONS_USER_AGENT": "commons-moderation-tests/0.1 (https://example.org/tests)",
         "MAX_BODY_BYTES": str(48 * 1024 * 1024),
     }
@@ -86,3 +91,42 @@ def transformer_url(stack: Stack) -> str:
 def client(transformer_url: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=transformer_url, timeout=120) as http:
         yield http
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL server of the session's own, listening on a Unix socket only."""
+    try:
+        server = postgres.Server()
+    except postgres.PostgresError as exc:
+        pytest.fail(str(exc))
+    try:
+        url = server.start()
+    except (postgres.PostgresError, subprocess.TimeoutExpired) as exc:
+        server.stop()
+        pytest.fail(str(exc))
+    yield url
+    server.stop()
+
+
+_databases = itertools.count()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database for one test, on each backend."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store' / 'scores.sqlite3'}"
+        return
+    server_url = request.getfixturevalue("postgres_url")
+    name = f"test_{next(_databases)}"
+    admin = sqlalchemy.create_engine(
+        server_url, isolation_level="AUTOCOMMIT", poolclass=sqlalchemy.pool.NullPool
+    )
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    yield sqlalchemy.make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    # FORCE: a store the test left open still holds connections.
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
+    admin.dispose()

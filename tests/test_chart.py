@@ -156,7 +156,7 @@ def test_inference_service_wiring(values_set: str) -> None:
     assert f"--predictor_host={RELEASE}-predictor.{NAMESPACE}" in proxy["args"]
     assert "--predictor_protocol=grpc-v2" in proxy["args"]
     commons = config["inference"]["transformer"]["commons"]
-    env = {e["name"]: e["value"] for e in proxy["env"]}
+    env = {e["name"]: e.get("value") for e in proxy["env"]}
     assert env["COMMONS_API_URL"] == commons["api_url"]
     assert env["COMMONS_USER_AGENT"] == commons["user_agent"]
     assert json.loads(env["COMMONS_UPLOAD_HOSTS"]) == commons["upload_hosts"]
@@ -202,7 +202,9 @@ def test_network_policies_limit_egress(values_set: str) -> None:
                     if "ipBlock" in peer]
         for component, policy in policies.items()
     }
-    assert blocks["transformer"] == [net["cidr"] for net in config["dst_nets"]]
+    store = values(values_set)["inference"]["transformer"]["score_store"]
+    databases = [net["cidr"] for net in config["database_nets"]] if store["enabled"] else []
+    assert blocks["transformer"] == [net["cidr"] for net in config["dst_nets"]] + databases
     assert blocks["predictor"] == [net["cidr"] for net in config["storage_nets"]]
     to_predictor = [
         rule for rule in policies["transformer"]["egress"]
@@ -210,6 +212,25 @@ def test_network_policies_limit_egress(values_set: str) -> None:
             "serving.kserve.io/inferenceservice": RELEASE, "component": "predictor"}}} in rule["to"]
     ]
     assert to_predictor, "the transformer must reach the predictor"
+
+
+@pytest.mark.parametrize("values_set", VALUES_SETS)
+def test_the_score_store_url_comes_from_a_secret(values_set: str) -> None:
+    store = values(values_set)["inference"]["transformer"]["score_store"]
+    service = next(d for d in render(values_set) if d["kind"] == "InferenceService")
+    env = {e["name"]: e for e in service["spec"]["transformer"]["containers"][0]["env"]}
+    assert env["SCORE_STORE"]["value"] == str(store["enabled"]).lower()
+    if store["enabled"]:
+        assert env["DATABASE_URL"]["valueFrom"]["secretKeyRef"] == store["secret"]
+        assert "value" not in env["DATABASE_URL"], "a database URL holds a password"
+    else:
+        assert "DATABASE_URL" not in env
+
+
+def test_an_enabled_store_needs_its_secret() -> None:
+    result = template("--set", "inference.transformer.score_store.enabled=true")
+    assert result.returncode != 0
+    assert "score_store.secret.name is required" in result.stderr
 
 
 @pytest.mark.parametrize("values_set", GPU_SETS)

@@ -30,7 +30,7 @@ from transformer.commons import (
 from transformer.config import Settings
 from transformer.errors import status_of
 from transformer.request import Instance
-from transformer.sources import commons_client, fetch_all
+from transformer.sources import IMAGES, commons_client, download, resolve_all
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(30)]
 
@@ -530,6 +530,14 @@ async def test_the_deadline_bounds_downloads(fake: FakeCommons) -> None:
         with pytest.raises(DeadlineExceeded):
             await client.fetch(ok(file), deadline=in_seconds(0.3))
     assert time.monotonic() - start < 0.8
+
+
+async def fetch_all(
+    instances: list[Instance], client: CommonsClient, *, deadline: float | None = None
+) -> list[bytes | ItemError]:
+    """Every instance's bytes or error, as the image models fetch them."""
+    sources = await resolve_all(instances, client, deadline=deadline)
+    return [await download(client, s, IMAGES, deadline=deadline) for s in sources]
 
 
 async def test_fetch_all_reports_the_deadline_per_looked_up_item(fake: FakeCommons) -> None:

@@ -23,7 +23,7 @@ from devtools import images, videos
 from devtools.fake_commons import FakeCommons
 from predictor.triton_server import TritonPorts
 from stack import Stack
-from stack.launcher import commons_environment
+from stack.launcher import WITHOUT_SCORE_STORE, commons_environment
 from transformer.errors import STATUS_BY_CODE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,7 +122,7 @@ def own_transformer(
     with Stack(
         triton_ports=triton,
         start_triton=False,
-        env={**commons_environment(commons.api_url), **settings},
+        env={**commons_environment(commons.api_url), **WITHOUT_SCORE_STORE, **settings},
         logs=logs,
     ) as served:
         yield served.url

@@ -10,7 +10,7 @@ import asyncio
 import json
 
 import pytest
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from transformer.gate import OPAQUE_CONTENT_TYPE, Admission, RequestGate
 
@@ -65,8 +65,10 @@ async def ok_app(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": b"{}"})
 
 
-def gate(app=ok_app, max_requests: int = 4, max_bytes: int = 1000, max_body: int = 500) -> RequestGate:
-    return RequestGate(app, models=MODELS, max_body=max_body, admission=Admission(max_requests, max_bytes))
+def gate(app=ok_app, max_requests: int = 4, max_bytes: int = 1000, max_body: int = 500,
+         max_waiting: int = 0, wait_s: float = 0.0) -> RequestGate:
+    admission = Admission(max_requests, max_bytes, max_waiting=max_waiting, wait_s=wait_s)
+    return RequestGate(app, models=MODELS, max_body=max_body, admission=admission)
 
 
 async def test_a_server_bug_is_a_500_with_only_a_request_id() -> None:
@@ -100,7 +102,8 @@ async def test_a_disconnect_cancels_the_work() -> None:
     assert guarded.admission.requests == 0 and guarded.admission.bytes == 0
 
 
-async def test_a_full_budget_answers_503_with_retry_after() -> None:
+def held_app() -> tuple[ASGIApp, asyncio.Event, asyncio.Event]:
+    """An app that holds every request until ``release`` is set; ``started`` once one runs."""
     started = asyncio.Event()
     release = asyncio.Event()
 
@@ -110,7 +113,12 @@ async def test_a_full_budget_answers_503_with_retry_after() -> None:
         await release.wait()
         await ok_app(scope, _body(b"{}"), send)
 
-    guarded = gate(held, max_requests=1)
+    return held, started, release
+
+
+async def test_a_full_budget_answers_503_with_retry_after() -> None:
+    app, started, release = held_app()
+    guarded = gate(app, max_requests=1)
     first = Exchange([b"{}"])
     running = asyncio.ensure_future(guarded(scope(), first.receive, first.send))
     await started.wait()
@@ -122,6 +130,61 @@ async def test_a_full_budget_answers_503_with_retry_after() -> None:
     await running
     assert first.status == 200
     assert guarded.admission.requests == 0
+
+
+async def test_a_request_past_the_budget_waits_its_turn_in_order() -> None:
+    app, started, release = held_app()
+    guarded = gate(app, max_requests=1, max_waiting=2, wait_s=5)
+    first = Exchange([b"{}"])
+    running = [asyncio.ensure_future(guarded(scope(), first.receive, first.send))]
+    await started.wait()
+    queued = [Exchange([b"{}"]), Exchange([b"{}"])]
+    for exchange in queued:
+        running.append(asyncio.ensure_future(guarded(scope(), exchange.receive, exchange.send)))
+        await asyncio.sleep(0)
+    assert guarded.admission.waiting == 2
+    refused = Exchange([b"{}"])
+    await guarded(scope(), refused.receive, refused.send)
+    assert refused.status == 503, "past max_waiting is refused at once"
+    release.set()
+    await asyncio.wait_for(asyncio.gather(*running), 5)
+    assert [e.status for e in (first, *queued)] == [200, 200, 200]
+    assert guarded.admission.requests == 0 and guarded.admission.waiting == 0
+
+
+async def test_a_wait_past_wait_s_is_a_503_and_frees_its_place() -> None:
+    app, started, release = held_app()
+    guarded = gate(app, max_requests=1, max_waiting=4, wait_s=0.05)
+    first = Exchange([b"{}"])
+    running = asyncio.ensure_future(guarded(scope(), first.receive, first.send))
+    await started.wait()
+    second = Exchange([b"{}"])
+    await asyncio.wait_for(guarded(scope(), second.receive, second.send), 5)
+    assert second.status == 503
+    assert second.headers["retry-after"] == "1"
+    assert guarded.admission.waiting == 0
+    release.set()
+    await running
+    assert guarded.admission.requests == 0
+
+
+async def test_a_cancelled_waiter_gives_up_its_place_and_any_slot_it_was_handed() -> None:
+    admission = Admission(1, 1000, max_waiting=4, wait_s=5)
+    assert await admission.enter()
+    waiter = asyncio.ensure_future(admission.enter())
+    await asyncio.sleep(0)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert admission.waiting == 0
+    # A slot handed over in the same loop iteration as the cancellation is passed on.
+    handed = asyncio.ensure_future(admission.enter())
+    await asyncio.sleep(0)
+    admission.leave(0)
+    handed.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await handed
+    assert admission.requests == 0 and admission.waiting == 0
 
 
 async def test_bytes_in_flight_are_bounded_while_reading() -> None:

@@ -22,6 +22,7 @@ import pytest
 from devtools import images
 from predictor.triton_server import TritonPorts, TritonSupervisor
 from stack import Stack, free_port
+from stack.launcher import WITHOUT_SCORE_STORE
 from tests.resources import group_members
 
 LOGO = "/v1/models/logo-detection:predict"
@@ -91,6 +92,7 @@ def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         # Nothing listens there: any Commons lookup would fail, and none is made.
         "COMMONS_API_URL": f"http://127.0.0.1:{free_port()}/w/api.php",
         "TRITON_TIMEOUT_S": str(TRITON_TIMEOUT_S),
+        **WITHOUT_SCORE_STORE,
     }
     with Stack(env=env, logs=tmp_path_factory.mktemp("faults")) as served:
         yield served

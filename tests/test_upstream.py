@@ -12,7 +12,7 @@ import pytest
 from devtools import images
 from predictor.triton_server import TritonPorts
 from stack import Stack, free_port
-from stack.launcher import commons_environment
+from stack.launcher import WITHOUT_SCORE_STORE, commons_environment
 
 LOGO = "/v1/models/logo-detection:predict"
 ATTEMPTS = 3  # COMMONS_RETRIES=2 → three tries per call
@@ -85,7 +85,7 @@ def transformer(
     return Stack(
         triton_ports=triton,
         start_triton=False,
-        env={**commons_environment(fake_commons.api_url), **env},
+        env={**commons_environment(fake_commons.api_url), **WITHOUT_SCORE_STORE, **env},
         health_check=health_check,
         logs=logs,
     )

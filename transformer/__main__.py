@@ -22,6 +22,7 @@ from transformer.http_errors import install_handlers
 from transformer.memory import bound_malloc
 from transformer.model import ImageModel
 from transformer.readiness import TritonModelReadiness
+from transformer.score_cache import ScoreCache
 from transformer.sources import commons_client
 from transformer.video.model import VideoModel
 
@@ -30,8 +31,9 @@ def build_models(settings: Settings) -> list[kserve.Model]:
     commons = commons_client(settings)
     decoder = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
     parser = ThreadPoolExecutor(settings.parse_threads, thread_name_prefix="parse")
+    cache = ScoreCache.from_settings(settings)
     models: list[kserve.Model] = [
-        ImageModel(spec, settings, commons, decoder, parser) for spec in SPECS
+        ImageModel(spec, settings, commons, decoder, parser, cache) for spec in SPECS
     ]
     video_commons = commons_client(
         settings,
@@ -39,7 +41,7 @@ def build_models(settings: Settings) -> list[kserve.Model]:
         fetch_timeout_s=settings.video_fetch_timeout_s,
     )
     video_decoder = ThreadPoolExecutor(settings.video_workers, thread_name_prefix="video")
-    models.append(VideoModel(settings, video_commons, video_decoder, parser))
+    models.append(VideoModel(settings, video_commons, video_decoder, parser, cache))
     return models
 
 
@@ -70,7 +72,10 @@ def main() -> None:
         RequestGate,
         models=names,
         max_body=settings.max_body_bytes,
-        admission=Admission(settings.max_inflight_requests, settings.max_inflight_body_bytes),
+        admission=Admission(
+            settings.max_inflight_requests, settings.max_inflight_body_bytes,
+            max_waiting=settings.max_queued_requests, wait_s=settings.admission_wait_s,
+        ),
     )
     install_handlers(app)
     for model in models:

@@ -69,9 +69,24 @@ class Settings(BaseSettings):
     # (32 refused 1.4 % of requests there).
     max_inflight_requests: int = Field(64, ge=1, le=4096)
     max_inflight_body_bytes: int = Field(128 * 1024 * 1024, ge=1024)
+    # Past max_inflight_requests, this many requests wait up to admission_wait_s for a turn
+    # before their bodies are read (Knative's queue-proxy does the same in the cluster).
+    max_queued_requests: int = Field(256, ge=0, le=65536)
+    admission_wait_s: float = Field(2.0, ge=0, le=30)
     # Threads that parse request bodies, apart from decoding so that parsing never waits
     # behind a long decode or a video.
     parse_threads: int = Field(2, ge=1, le=64)
+
+    # Score store (transformer.score_cache): scores by file SHA-1, model and version.
+    score_store: bool = True
+    # SQLite file by default; production: postgresql+psycopg://user:password@host/db.
+    database_url: str = "sqlite:///build/store/scores.sqlite3"
+    # Run the store's migrations when first opened (off where a deploy job runs them).
+    score_store_migrate: bool = True
+    # A store call slower than this is abandoned and the store left alone for retry_s.
+    score_store_timeout_s: float = Field(1.0, gt=0)
+    score_store_retry_s: float = Field(10.0, ge=0)
+    score_store_max_pending_writes: int = Field(256, ge=1)
 
 
 def load_settings() -> Settings:

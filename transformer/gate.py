@@ -8,7 +8,8 @@ ours runs. So everything passes through here first, cheapest check first:
   for the served models; the model-repository extension answers 404 and ``:explain`` 501,
   before any work is done;
 * **admission**: at most ``max_requests`` predict requests and ``max_body_bytes`` of their
-  bodies in flight; past either, 503 with Retry-After instead of running out of memory;
+  bodies in flight, a few more waiting briefly for a turn; past that, 503 with Retry-After
+  instead of running out of memory;
 * **body**: 413 past ``max_body`` (declared or read); the body is then handed to KServe
   as opaque bytes, so that the models parse it off the event loop (``transformer.request``);
 * **request id**: the caller's ``x-request-id`` when it is sane, else a new one, echoed
@@ -24,6 +25,7 @@ import asyncio
 import logging
 import re
 import uuid
+from collections import deque
 from collections.abc import Collection
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -55,19 +57,45 @@ class Refusal:
 
 
 class Admission:
-    """In-flight predict requests and body bytes; touched only on the event loop."""
+    """In-flight predict requests and body bytes; touched only on the event loop.
 
-    def __init__(self, max_requests: int, max_bytes: int) -> None:
+    A request past ``max_requests`` waits its turn, first come first served, for up to
+    ``wait_s``, as Knative's queue-proxy queues past containerConcurrency: a short stall
+    (a slow batch, a busy core) then costs latency rather than 503s. At most ``max_waiting``
+    wait, before reading their bodies, so waiting holds a connection and no memory.
+    """
+
+    def __init__(self, max_requests: int, max_bytes: int, *, max_waiting: int = 0,
+                 wait_s: float = 0.0) -> None:
         self.max_requests = max_requests
         self.max_bytes = max_bytes
+        self.max_waiting = max_waiting
+        self.wait_s = wait_s
         self.requests = 0
         self.bytes = 0
+        self._waiting: deque[asyncio.Future[None]] = deque()
 
-    def enter(self) -> bool:
-        if self.requests >= self.max_requests:
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    async def enter(self) -> bool:
+        if self.requests < self.max_requests:
+            self.requests += 1
+            return True
+        if len(self._waiting) >= self.max_waiting or self.wait_s <= 0:
             return False
-        self.requests += 1
-        return True
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append(turn)
+        try:
+            await asyncio.wait((turn,), timeout=self.wait_s)
+        except asyncio.CancelledError:
+            self._forgo(turn)
+            raise
+        if turn.done():
+            return True
+        self._forgo(turn)
+        return False
 
     def reserve(self, size: int) -> bool:
         if self.bytes + size > self.max_bytes:
@@ -76,8 +104,22 @@ class Admission:
         return True
 
     def leave(self, size: int) -> None:
-        self.requests -= 1
         self.bytes -= size
+        self._release()
+
+    def _forgo(self, turn: asyncio.Future[None]) -> None:
+        if turn.done():  # handed a slot it will not use: pass it on
+            self._release()
+        else:
+            self._waiting.remove(turn)
+            turn.cancel()
+
+    def _release(self) -> None:
+        # The slot passes straight to the longest waiter, so the count stays as it is.
+        if self._waiting:
+            self._waiting.popleft().set_result(None)
+        else:
+            self.requests -= 1
 
 
 class RequestGate:
@@ -139,7 +181,7 @@ class RequestGate:
         if size > self.max_body:
             await _too_large(size, self.max_body, scope, receive, send)
             return
-        if not self.admission.enter():
+        if not await self.admission.enter():
             await _busy("requests", "too many requests in flight", scope, receive, send)
             return
         reserved = 0

@@ -7,11 +7,16 @@ in its own Prometheus histograms.
 One deadline, set when the request arrives, bounds its lookups, downloads and retries;
 items that miss it get ``deadline_exceeded`` and the others are still scored. Each Triton
 call has its own ``TRITON_TIMEOUT_S``.
+
+Between the lookup and the download, the score store (``transformer.score_cache``) answers
+for files already scored by this model version: a hit skips the download, the decode and
+Triton. Each scored item's response carries its ``sha1`` and whether it was ``cached``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
@@ -21,22 +26,27 @@ from preprocessing.decode import DecodeError, decode_image
 from preprocessing.errors import CodedError
 from preprocessing.specs import ModelSpec
 from preprocessing.tensor import PREPARATIONS, Preparation
-from transformer.commons import CommonsClient
+from store import Key, Record
+from transformer.commons import CommonsClient, CommonsFile
 from transformer.config import Settings
 from transformer.request import Instance, parse_request_in
 from transformer.responses import MODEL_VERSION_HEADER, error_prediction, respond
+from transformer.score_cache import ScoreCache, commons_key
 from transformer.scoring import score
-from transformer.sources import fetch_all
-from transformer.tasks import all_or_none
+from transformer.sources import IMAGES, Source, download, resolve_all
+from transformer.tasks import all_or_none, known
 from transformer.triton_model import TritonModel
 
 
 @dataclass
 class Batch:
-    """One request in flight: its instances and, per instance, a tensor, scores or an error."""
+    """One request in flight: its instances and, per instance, its source, its store key,
+    and its result: a tensor, then scores; a stored record; or an error."""
 
     instances: list[Instance]
-    results: list[np.ndarray | CodedError] = field(default_factory=list)
+    sources: list[Source]
+    keys: list[Key | None]
+    results: list[np.ndarray | Record | CodedError] = field(default_factory=list)
 
 
 def prepare(data: bytes, preparation: Preparation, settings: Settings) -> np.ndarray | CodedError:
@@ -61,27 +71,55 @@ class ImageModel(TritonModel):
         commons: CommonsClient,
         executor: Executor,
         parser: Executor,
+        cache: ScoreCache | None = None,
     ) -> None:
-        """``executor`` decodes images; ``parser`` parses request bodies."""
+        """``executor`` decodes images; ``parser`` parses request bodies and hashes inline
+        bytes; ``cache``, when given, is the score store."""
         super().__init__(spec.name, return_response_headers=True)
         self.spec = spec
+        self.version = str(spec.version)
         self.preparation = PREPARATIONS[spec.name]
         self.settings = settings
         self.commons = commons
         self.executor = executor
         self.parser = parser
+        self.cache = cache
 
     async def preprocess(self, payload: dict | bytes, headers: dict | None = None) -> Batch:
-        deadline = asyncio.get_running_loop().time() + self.settings.request_deadline_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.request_deadline_s
         instances = await parse_request_in(
             self.parser,
             payload,
             max_instances=self.settings.max_instances,
             max_bytes=self.settings.max_image_bytes,
         )
-        sources = await fetch_all(instances, self.commons, deadline=deadline)
-        results = await all_or_none(self._prepare(source) for source in sources)
-        return Batch(instances, results)
+        sources = await resolve_all(instances, self.commons, deadline=deadline)
+        keys = await loop.run_in_executor(self.parser, self._keys, sources)
+        stored = await self.cache.lookup(self.name, keys) if self.cache else [None] * len(keys)
+        results = await all_or_none(
+            self._fetch_and_prepare(source, deadline) if record is None else known(record)
+            for source, record in zip(sources, stored, strict=True)
+        )
+        return Batch(instances, sources, keys, results)
+
+    def _keys(self, sources: list[Source]) -> list[Key | None]:
+        """Store keys: Commons' SHA-1 for looked-up files, the bytes' own for inline data."""
+        keys: list[Key | None] = []
+        for source in sources:
+            if isinstance(source, CommonsFile) and IMAGES.accepts(source):
+                keys.append(commons_key(source.sha1, self.name, self.version))
+            elif isinstance(source, bytes) and source:
+                keys.append(Key(hashlib.sha1(source).hexdigest(), self.name, self.version))
+            else:
+                keys.append(None)
+        return keys
+
+    async def _fetch_and_prepare(
+        self, source: Source, deadline: float
+    ) -> np.ndarray | CodedError:
+        data = await download(self.commons, source, IMAGES, deadline=deadline)
+        return await self._prepare(data)
 
     async def _prepare(self, source: bytes | CodedError) -> np.ndarray | CodedError:
         if isinstance(source, CodedError):
@@ -95,6 +133,9 @@ class ImageModel(TritonModel):
     ) -> Batch:
         ready = [i for i, r in enumerate(batch.results) if isinstance(r, np.ndarray)]
         if not ready:
+            if response_headers is not None and any(isinstance(r, Record) for r in batch.results):
+                response_headers[MODEL_VERSION_HEADER] = self.version
+            self._remember(batch, ready)
             return batch
         stacked = np.stack([batch.results[i] for i in ready])
         scores = await score(
@@ -104,20 +145,61 @@ class ImageModel(TritonModel):
             batch.results[i] = row
         if response_headers is not None and scores.model_version:
             response_headers[MODEL_VERSION_HEADER] = scores.model_version
+        self._remember(batch, ready)
         return batch
+
+    def _remember(self, batch: Batch, scored: list[int]) -> None:
+        """Hand the newly scored items, and new titles of stored ones, to the store."""
+        if self.cache is None:
+            return
+        records = []
+        for i in scored:
+            key, source = batch.keys[i], batch.sources[i]
+            if key is None:
+                continue
+            file = source if isinstance(source, CommonsFile) else None
+            records.append(Record(
+                key,
+                self._scores(batch.results[i]),
+                mime=file.mime if file else None,
+                size=file.size if file else len(source) if isinstance(source, bytes) else None,
+                titles=(file.title,) if file else (),
+            ))
+        titles = [
+            (r.key.sha1, s.title)
+            for r, s in zip(batch.results, batch.sources, strict=True)
+            if isinstance(r, Record) and isinstance(s, CommonsFile) and s.title not in r.titles
+        ]
+        self.cache.remember(records, titles)
+
+    def _scores(self, row: np.ndarray) -> dict[str, float]:
+        return {label: float(value) for label, value in zip(self.spec.labels, row, strict=True)}
 
     async def postprocess(
         self, batch: Batch, headers: dict | None = None, response_headers: dict | None = None
     ) -> dict:
-        predictions = [self._prediction(i, r) for i, r in zip(batch.instances, batch.results)]
+        predictions = [
+            self._prediction(i, r, k)
+            for i, r, k in zip(batch.instances, batch.results, batch.keys, strict=True)
+        ]
         return respond(self.name, predictions, batch.results)
 
-    def _prediction(self, instance: Instance, result: np.ndarray | CodedError) -> dict:
+    def _prediction(
+        self, instance: Instance, result: np.ndarray | Record | CodedError, key: Key | None
+    ) -> dict:
         if isinstance(result, CodedError):
             return error_prediction(instance.filename, result)
-        return {
+        scores = result.scores if isinstance(result, Record) else self._scores(result)
+        target = self.spec.target
+        other = next(label for label in self.spec.labels if label != target)
+        prediction = {
             "filename": instance.filename,
-            "target": instance.target or self.spec.target,
-            "prediction": float(result[1]),
-            "out_of_domain": float(result[0]),
+            "target": instance.target or target,
+            "prediction": scores[target],
+            "out_of_domain": scores[other],
+            "cached": isinstance(result, Record),
         }
+        if key is not None:
+            prediction["sha1"] = key.sha1
+        return prediction
+

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
 from transformer.commons import CommonsClient, CommonsFile, CommonsUnavailable, DeadlineExceeded
@@ -55,23 +54,6 @@ def commons_client(
         max_retry_after=settings.commons_max_retry_after_s,
         maxlag=settings.commons_maxlag,
         api_host_header=settings.commons_api_host_header,
-    )
-
-
-async def fetch_all(
-    instances: list[Instance],
-    commons: CommonsClient,
-    wanted: Wanted = IMAGES,
-    *,
-    deadline: float | None = None,
-) -> list[bytes | ItemError]:
-    """One entry per instance, in order. A Commons outage fails only the looked-up items.
-
-    ``deadline`` (a ``loop.time()`` value) bounds the lookups and downloads together.
-    """
-    sources = await resolve_all(instances, commons, deadline=deadline)
-    return list(
-        await asyncio.gather(*(download(commons, s, wanted, deadline=deadline) for s in sources))
     )
 
 

@@ -19,3 +19,8 @@ async def all_or_none(awaitables: Iterable[Awaitable[T]]) -> list[T]:
     finally:
         for task in tasks:
             task.cancel()
+
+
+async def known(value: T) -> T:
+    """``value`` as an awaitable, beside items that still have work to do."""
+    return value

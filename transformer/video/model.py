@@ -10,11 +10,16 @@ Request bodies are parsed in the shared parse pool, so a request never waits beh
 video to be read. Each video's scan is bounded by ``VIDEO_BUDGET_S`` of decoding, and the
 request's deadline bounds its lookups, its downloads and its wait for a worker. If one
 video fails for a server-side reason, its siblings are cancelled: the request fails anyway.
+
+Reports are kept in the score store by the video's SHA-1 and the scoring variant (the
+NSFW model's version with the threshold and early exit, which shape the report): a stored
+report skips the download and the scan.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import math
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -24,14 +29,16 @@ import numpy as np
 
 from preprocessing.errors import CodedError
 from preprocessing.specs import NSFW
+from store import Key, Record
 from transformer.commons import CommonsClient, CommonsFile
 from transformer.config import Settings
 from transformer.errors import BadRequest, ItemError
 from transformer.request import Instance, parse_body, parse_request
 from transformer.responses import MODEL_VERSION_HEADER, error_prediction, respond
+from transformer.score_cache import ScoreCache, commons_key
 from transformer.scoring import score
 from transformer.sources import VIDEOS, Source, download, resolve_all
-from transformer.tasks import all_or_none
+from transformer.tasks import all_or_none, known
 from transformer.triton_model import TritonModel
 from transformer.video.errors import VideoError
 from transformer.video.limits import VideoLimits, too_many_pixels
@@ -51,8 +58,9 @@ class VideoBatch:
     instances: list[Instance]
     options: list[ScoringOptions | ItemError]
     sources: list[Source]
+    keys: list[Key | None]
     deadline: float
-    results: list[VideoReport | CodedError] | None = None
+    results: list[VideoReport | Record | CodedError] | None = None
 
 
 class VideoModel(TritonModel):
@@ -60,11 +68,18 @@ class VideoModel(TritonModel):
     triton_model = NSFW.name
 
     def __init__(
-        self, settings: Settings, commons: CommonsClient, executor: Executor, parser: Executor
+        self,
+        settings: Settings,
+        commons: CommonsClient,
+        executor: Executor,
+        parser: Executor,
+        cache: ScoreCache | None = None,
     ) -> None:
-        """``executor`` decodes videos (``VIDEO_WORKERS`` threads); ``parser`` parses bodies."""
+        """``executor`` decodes videos (``VIDEO_WORKERS`` threads); ``parser`` parses bodies
+        and hashes inline videos; ``cache``, when given, is the score store."""
         super().__init__(NAME, return_response_headers=True)
         self.settings = settings
+        self.cache = cache
         self.commons = commons
         self.executor = executor
         self.parser = parser
@@ -97,26 +112,56 @@ class VideoModel(TritonModel):
         ]
         instances = [_renamed(inst) for inst in instances]
         sources = await resolve_all(instances, self.commons, deadline=deadline)
-        return VideoBatch(instances, options, sources, deadline)
+        keys = await loop.run_in_executor(self.parser, _keys, sources, options)
+        return VideoBatch(instances, options, sources, keys, deadline)
 
     async def predict(
         self, batch: VideoBatch, headers: dict | None = None, response_headers: dict | None = None
     ) -> VideoBatch:
         versions: set[str] = set()
+        stored = await self.cache.lookup(NAME, batch.keys) if self.cache else [None] * len(batch.keys)
         batch.results = await all_or_none(
-            self._score(s, o, batch.deadline, versions)
-            for s, o in zip(batch.sources, batch.options, strict=True)
+            self._score(s, o, batch.deadline, versions) if record is None else known(record)
+            for s, o, record in zip(batch.sources, batch.options, stored, strict=True)
         )
+        if any(r is not None for r in stored):
+            versions.add(str(NSFW.version))
         if response_headers is not None and versions:
             response_headers[MODEL_VERSION_HEADER] = ",".join(sorted(versions))
+        self._remember(batch, stored)
         return batch
+
+    def _remember(self, batch: VideoBatch, stored: list[Record | None]) -> None:
+        if self.cache is None:
+            return
+        records = []
+        for key, source, result in zip(batch.keys, batch.sources, batch.results or [], strict=True):
+            if key is None or not isinstance(result, VideoReport):
+                continue
+            file = source if isinstance(source, CommonsFile) else None
+            records.append(Record(
+                key,
+                {"nsfw": result.prediction, "sfw": 1.0 - result.prediction},
+                mime=file.mime if file else None,
+                size=file.size if file else len(source) if isinstance(source, bytes) else None,
+                video=result.as_dict(),
+                titles=(file.title,) if file else (),
+            ))
+        titles = [
+            (record.key.sha1, source.title)
+            for record, source in zip(stored, batch.sources, strict=True)
+            if record is not None and isinstance(source, CommonsFile)
+            and source.title not in record.titles
+        ]
+        self.cache.remember(records, titles)
 
     async def postprocess(
         self, batch: VideoBatch, headers: dict | None = None, response_headers: dict | None = None
     ) -> dict:
         results = batch.results or []
         predictions = [
-            self._prediction(i, r) for i, r in zip(batch.instances, results, strict=True)
+            self._prediction(i, r, k)
+            for i, r, k in zip(batch.instances, results, batch.keys, strict=True)
         ]
         return respond(self.name, predictions, results)
 
@@ -168,14 +213,21 @@ class VideoModel(TritonModel):
         versions.add(scores.model_version)
         return scores.values[:, NSFW.labels.index("nsfw")]
 
-    def _prediction(self, instance: Instance, result: VideoReport | CodedError) -> dict:
+    def _prediction(
+        self, instance: Instance, result: VideoReport | Record | CodedError, key: Key | None
+    ) -> dict:
         if isinstance(result, CodedError):
             return error_prediction(instance.filename, result)
-        return {
+        cached = isinstance(result, Record)
+        prediction = {
             "filename": instance.filename,
             "target": instance.target or TARGET,
-            **result.as_dict(),
+            **(result.video or {} if cached else result.as_dict()),
+            "cached": cached,
         }
+        if key is not None:
+            prediction["sha1"] = key.sha1
+        return prediction
 
 
 def _options(raw: dict, defaults: ScoringOptions, where: str) -> ScoringOptions | ItemError:
@@ -192,6 +244,28 @@ def _options(raw: dict, defaults: ScoringOptions, where: str) -> ScoringOptions 
     if not isinstance(early_exit, bool):
         return ItemError("invalid_instance", f"{where}: early_exit must be true or false")
     return ScoringOptions(float(threshold), early_exit)
+
+
+def _keys(sources: list[Source], options: list[ScoringOptions | ItemError]) -> list[Key | None]:
+    """Store keys: the video's SHA-1 (Commons' for a name, the bytes' own inline) and the
+    scoring variant; none for items that already failed."""
+    keys: list[Key | None] = []
+    for source, option in zip(sources, options, strict=True):
+        if isinstance(option, ItemError):
+            keys.append(None)
+        elif isinstance(source, CommonsFile) and VIDEOS.accepts(source):
+            keys.append(commons_key(source.sha1, NAME, _variant(option)))
+        elif isinstance(source, bytes) and source:
+            keys.append(Key(hashlib.sha1(source).hexdigest(), NAME, _variant(option)))
+        else:
+            keys.append(None)
+    return keys
+
+
+def _variant(options: ScoringOptions) -> str:
+    early = "on" if options.early_exit else "off"
+    return f"{NSFW.version};threshold={options.threshold:g};early_exit={early}"
+
 
 
 def _renamed(instance: Instance) -> Instance:

@@ -1,0 +1,143 @@
+"""The score store seen from the event loop: scores already computed for the same bytes.
+
+Files are keyed by SHA-1 (Commons' ``imageinfo`` ``sha1`` for a file looked up by name, the
+bytes' own for inline data), model and model version, so a re-upload is never scored twice
+and a new model version never reuses old scores.
+
+The store is an optimisation, never a dependency: every call runs in threads of its own
+with a timeout, and a store that fails or is slow is bypassed, counted, and left alone for
+``SCORE_STORE_RETRY_S`` so that requests do not queue behind its timeouts. Writes happen
+after the response, in the background, at most ``SCORE_STORE_MAX_PENDING_WRITES`` at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from prometheus_client import Counter
+
+from store import Key, Record, ScoreStore, StoreError, open_store
+from transformer.config import Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+LOOKUPS = Counter(
+    "transformer_score_store_lookups", "Items looked up in the score store", ["model", "result"]
+)
+BYPASSED = Counter(
+    "transformer_score_store_bypassed",
+    "Score store calls skipped or failed; the request went on without the store",
+    ["operation", "reason"],
+)
+
+
+def commons_key(sha1: str, model: str, version: str) -> Key | None:
+    """The key of a file Commons described, or None when its ``sha1`` is not one (a file
+    mid-upload, a broken row): such a file is scored, not stored."""
+    try:
+        return Key(sha1.lower(), model, version)
+    except ValueError:
+        return None
+
+
+class ScoreCache:
+    def __init__(
+        self,
+        opener: Callable[[], ScoreStore],
+        *,
+        timeout_s: float,
+        retry_s: float,
+        max_pending_writes: int,
+        threads: int = 4,
+    ) -> None:
+        """``opener`` opens (and migrates) the store; it is called in a thread, again after
+        ``retry_s`` if it failed."""
+        self._opener = opener
+        self._store: ScoreStore | None = None
+        self.timeout_s = timeout_s
+        self.retry_s = retry_s
+        self.max_pending_writes = max_pending_writes
+        self._threads = ThreadPoolExecutor(threads, thread_name_prefix="score-store")
+        self._resting_until = 0.0
+        self._writes: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ScoreCache | None:
+        if not settings.score_store:
+            return None
+        url = settings.database_url
+        return cls(
+            lambda: open_store(url, migrate=settings.score_store_migrate),
+            timeout_s=settings.score_store_timeout_s,
+            retry_s=settings.score_store_retry_s,
+            max_pending_writes=settings.score_store_max_pending_writes,
+        )
+
+    async def lookup(self, model: str, keys: Sequence[Key | None]) -> list[Record | None]:
+        """The stored record for each key, or None; all None while the store is unusable."""
+        wanted = [k for k in keys if k is not None]
+        if not wanted:
+            return [None] * len(keys)
+        found = await self._call("lookup", lambda store: store.get(wanted))
+        if found is None:
+            return [None] * len(keys)
+        hits = sum(1 for k in wanted if k in found)
+        LOOKUPS.labels(model=model, result="hit").inc(hits)
+        LOOKUPS.labels(model=model, result="miss").inc(len(wanted) - hits)
+        return [found.get(k) if k is not None else None for k in keys]
+
+    def remember(self, records: Sequence[Record], titles: Sequence[tuple[str, str]] = ()) -> None:
+        """Store new scores and the titles known files were seen under, after the response."""
+        if not records and not titles:
+            return
+        if len(self._writes) >= self.max_pending_writes:
+            BYPASSED.labels(operation="write", reason="too_many_pending").inc()
+            return
+
+        def write(store: ScoreStore) -> None:
+            if records:
+                store.put(records)
+            if titles:
+                store.note_titles(titles)
+
+        task = asyncio.ensure_future(self._call("write", write))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def drain(self) -> None:
+        """Wait for the writes in progress (tests, shutdown)."""
+        while self._writes:
+            await asyncio.gather(*list(self._writes), return_exceptions=True)
+
+    async def _call(self, operation: str, work: Callable[[ScoreStore], T]) -> T | None:
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._resting_until:
+            BYPASSED.labels(operation=operation, reason="resting").inc()
+            return None
+        try:
+            return await asyncio.wait_for(
+                loop.run_in_executor(self._threads, self._with_store, work), self.timeout_s
+            )
+        except TimeoutError:
+            reason = "timeout"
+        except StoreError as exc:
+            reason = "error"
+            log.warning("score store %s failed: %s", operation, exc)
+        self._resting_until = loop.time() + self.retry_s
+        BYPASSED.labels(operation=operation, reason=reason).inc()
+        return None
+
+    def _with_store(self, work: Callable[[ScoreStore], T]) -> T:
+        if self._store is None:
+            self._store = self._opener()
+        return work(self._store)
+
+    def close(self) -> None:
+        self._threads.shutdown(wait=False, cancel_futures=True)
+        if self._store is not None:
+            self._store.dispose()
