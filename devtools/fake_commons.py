@@ -5,10 +5,12 @@ only check that it agrees with itself. So this is a real HTTP server on 127.0.0.
 answers ``action=query&prop=imageinfo&format=json&formatversion=2`` the way MediaWiki does
 (``normalized``, ``redirects``, ``missing``, ``invalid``, ``thumburl``, ``continue``, the
 50-title ``toomanyvalues`` error, ``maxlag``) and serves originals and Pillow-made
-thumbnails. Files are described as MediaWiki would: bitmaps by Pillow, videos and audio
-by PyAV (real dimensions, ``VIDEO`` or ``AUDIO``), SVGs as ``DRAWING`` with rasterised PNG
-thumbnails (CairoSVG) at any width. Knobs inject the failures production sees: 5xx/429
-answers with or without
+thumbnails. It also answers the two list modules a bulk backfill enumerates with,
+``list=categorymembers`` (files and subcategories) and ``list=allimages`` (by name or upload
+time), with their limits, warnings and ``continue`` tokens. Files are described as
+MediaWiki would: bitmaps by Pillow, videos and audio by PyAV (real dimensions, ``VIDEO``
+or ``AUDIO``), SVGs as ``DRAWING`` with rasterised PNG thumbnails (CairoSVG) at any width.
+Knobs inject the failures production sees: 5xx/429 answers with or without
 Retry-After, lagged replicas, slow answers, API errors, answers split into batches, file
 URLs on a foreign host, redirects, web pages instead of files, bodies without a
 Content-Length.
@@ -18,26 +20,32 @@ Use it as a context manager::
     with FakeCommons({"Cat.jpg": image_bytes(640, 480)}) as fake:
         ...  # fake.api_url, fake.requests
 
-or from a shell, serving a folder of images for load tests::
+or from a shell, serving a folder of images for load tests, and/or many generated files
+(distinct bytes, one upload a second) in a category::
 
-    python devtools/fake_commons.py DIR --port 8090
+    python -m devtools.fake_commons DIR --port 8090
+    python -m devtools.fake_commons --many 10000 --category "Backfill test" --port 8090
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import io
 import json
 import math
 import mimetypes
 import re
+import struct
 import sys
 import threading
 import time
 import unicodedata
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import zlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -46,6 +54,8 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import av
 from PIL import Image, UnidentifiedImageError
+
+from devtools import images
 
 API_PATH = "/w/api.php"
 MAX_TITLES = 50
@@ -63,8 +73,15 @@ _AV_MAGIC = (
 _SVG = "image/svg+xml"
 _ERROR_PAGE = b"<!DOCTYPE html><html><body><h1>Error</h1><p>Our servers are busy.</p></body></html>"
 _HTML = "text/html; charset=utf-8"
-# The upload time ``iicontinue`` names; every file here has one version.
-_TIMESTAMP = "20240101000000"
+# The upload time of a file added without one; every file here has one version.
+DEFAULT_TIMESTAMP = "2024-01-01T00:00:00Z"
+# Limits of list modules for ordinary clients (``max`` asks for this many).
+LIST_LIMIT = 500
+_DEFAULT_LIMIT = 10
+# categorymembers sorts by type first, in the order of MediaWiki's cl_type enum.
+_MEMBER_TYPES = ("page", "subcat", "file")
+_CATEGORY = re.compile(r"(?i)category ?: ?(.*)")
+_CATEGORY_PAGEIDS = 200_000
 
 
 class InvalidTitle(ValueError):
@@ -159,6 +176,7 @@ class _File:
     height: int
     format: str | None
     content_type: str  # what the upload host serves it as
+    timestamp: str = DEFAULT_TIMESTAMP  # upload time, ISO 8601 in UTC
 
     @property
     def key(self) -> str:
@@ -172,7 +190,9 @@ class FakeCommons:
 
     Knobs, all safe to change while it runs:
 
-    * `add_file`: host another file; `reset`: undo every other knob;
+    * `add_file`: host another file, in categories, uploaded at a time; `add_category`: a
+      (sub)category; `add_many`: thousands of distinct small images at once; `reset`: undo
+      every other knob;
     * `fail_api` / `fail_files`: the next N answers get a given status, body, headers and
       Retry-After (seconds or HTTP-date); status 200 serves the HTML page as if it were the
       file;
@@ -201,6 +221,9 @@ class FakeCommons:
     ) -> None:
         self._lock = threading.Lock()
         self._files: dict[str, _File] = {}
+        # Category title → page id, and → member titles (files and subcategories).
+        self._categories: dict[str, int] = {}
+        self._members: dict[str, dict[str, None]] = {}
         self._by_key: dict[str, _File] = {}
         self._thumbs: dict[tuple[str, int], bytes] = {}
         for name, data in files.items():
@@ -261,15 +284,75 @@ class FakeCommons:
         name = f"{width}px-{key}{_thumb_suffix(file)}"
         return f"{self.upload_base or self.base_url}/thumb/{key}/{name}"
 
-    def add_file(self, name: str, data: bytes) -> None:
-        """Host one more file (or new bytes under a name already hosted)."""
+    def add_file(
+        self,
+        name: str,
+        data: bytes,
+        *,
+        categories: Iterable[str] = (),
+        timestamp: str | datetime | None = None,
+    ) -> None:
+        """Host one more file (or new bytes under a name already hosted), uploaded at
+        ``timestamp`` (ISO 8601, default `DEFAULT_TIMESTAMP`), as a member of ``categories``
+        (added to those it is in already)."""
         title = _file_title(name)
         old = self._files.get(title)
         file = _describe(title, data, old.pageid if old else len(self._files) + 1)
+        file = replace(file, timestamp=_iso(timestamp) if timestamp else DEFAULT_TIMESTAMP)
         with self._lock:
             self._files[title] = file
             self._by_key[file.key] = file
             self._thumbs = {key: thumb for key, thumb in self._thumbs.items() if key[0] != title}
+            self._categorise(title, categories)
+
+    def add_category(self, name: str, *, parents: Iterable[str] = ()) -> str:
+        """Create category ``name`` (with or without ``Category:``), as a subcategory of
+        ``parents``; its title."""
+        title = _category_title(name)
+        with self._lock:
+            self._categories.setdefault(title, _CATEGORY_PAGEIDS + len(self._categories))
+            self._members.setdefault(title, {})
+            self._categorise(title, parents)
+        return title
+
+    def add_many(
+        self,
+        count: int,
+        *,
+        prefix: str = "Bulk",
+        categories: Iterable[str] = (),
+        first_upload: str | datetime = DEFAULT_TIMESTAMP,
+        interval_s: float = 1.0,
+    ) -> list[str]:
+        """Host ``count`` distinct small images (different bytes, so different SHA-1s, that
+        decode to one of a few base images) named ``{prefix} 000001.jpg`` etc., uploaded
+        ``interval_s`` apart from ``first_upload``; their titles. 10,000 take about a second:
+        the bytes are a base image with a unique comment spliced in, not a new encoding."""
+        bases = [(ext, data, _describe(f"File:Base.{ext}", data, 0)) for ext, data in _bases()]
+        start = datetime.fromisoformat(_iso(first_upload))
+        categories = [self.add_category(name) for name in categories]
+        made: list[_File] = []
+        for i in range(count):
+            ext, data, base = bases[i % len(bases)]
+            title = _file_title(f"{prefix} {i + 1:06d}.{ext}")
+            tag = f"{title} #{i}".encode()
+            unique = _tagged_png(data, tag) if ext == "png" else _tagged_jpeg(data, tag)
+            at = _iso(start + timedelta(seconds=i * interval_s))
+            made.append(replace(base, title=title, data=unique, timestamp=at))
+        with self._lock:
+            for file in made:
+                old = self._files.get(file.title)
+                file = replace(file, pageid=old.pageid if old else len(self._files) + 1)
+                self._files[file.title] = self._by_key[file.key] = file
+                self._categorise(file.title, categories)
+        return [file.title for file in made]
+
+    def _categorise(self, title: str, categories: Iterable[str]) -> None:
+        """Make ``title`` a member of ``categories``, creating them; under the lock."""
+        for name in categories:
+            category = _category_title(name)
+            self._categories.setdefault(category, _CATEGORY_PAGEIDS + len(self._categories))
+            self._members.setdefault(category, {})[title] = None
 
     def reset(self) -> None:
         """Back to serving every file promptly and correctly: no queued failures, lag,
@@ -375,9 +458,154 @@ class FakeCommons:
             body["query"] = self._query(titles, params)
             if resume := self._paginate(body["query"]["pages"], params.get("iicontinue")):
                 body["continue"] = {"iicontinue": resume, "continue": "||"}
-        if "continue" not in body:
+        lists = [name for name in params.get("list", "").split("|") if name]
+        for name in lists:
+            module = self._list_modules().get(name)
+            if module is None:
+                _warn(body, "query", f'Unrecognized value for parameter "list": {name}.')
+                continue
+            try:
+                items, resume = module(params, body)
+            except _ApiFailure as failure:
+                return failure.reply
+            body.setdefault("query", {})[name] = items
+            if resume:
+                body.setdefault("continue", {"continue": "-||"})
+                body["continue"] = {**resume, **body["continue"]}
+        # A list module that continues still completes its batch: there are no page props.
+        if "continue" not in body or "iicontinue" not in body["continue"]:
             body = {"batchcomplete": True, **body}
         return _json(body)
+
+    def _list_modules(self) -> dict[str, Callable[..., tuple[list[dict[str, Any]], dict]]]:
+        return {"categorymembers": self._categorymembers, "allimages": self._allimages}
+
+    def _categorymembers(
+        self, params: dict[str, str], body: dict[str, Any]
+    ) -> tuple[list[dict[str, Any]], dict[str, str]]:
+        """ApiQueryCategoryMembers by sort key: members of ``cmtitle`` of the ``cmtype``s and
+        ``cmnamespace``s asked, ordered by type, sort key and page id."""
+        raw = params.get("cmtitle")
+        if raw is None:
+            raise _ApiFailure(
+                "invalidparammix", "One of the parameters cmtitle and cmpageid is required."
+            )
+        match = _CATEGORY.fullmatch(re.sub(r"[ _]+", " ", raw).strip())
+        if not match or not match.group(1):
+            raise _ApiFailure("invalidcategory", "The category name you entered is not valid.")
+        types = _choices(params, "cmtype", "page|subcat|file", _MEMBER_TYPES)
+        namespaces = (
+            {int(n) for n in params["cmnamespace"].split("|")}
+            if params.get("cmnamespace")
+            else None
+        )
+        props = set(params.get("cmprop", "ids|title").split("|"))
+        limit = _limit(params, "cmlimit", body, "categorymembers")
+        with self._lock:
+            titles = list(self._members.get(_category_title(match.group(1)), ()))
+        rows = []
+        for title in titles:
+            page = self._member_page(title)
+            kind = _member_type(page["ns"])
+            if kind in types and (namespaces is None or page["ns"] in namespaces):
+                sortkey = title.split(":", 1)[1] if page["ns"] else title
+                key = (
+                    _MEMBER_TYPES.index(kind),
+                    sortkey.upper().encode().hex().upper(),
+                    page["pageid"],
+                )
+                rows.append((key, kind, page))
+        rows.sort(key=lambda row: row[0])
+        if cmcontinue := params.get("cmcontinue"):
+            try:
+                kind, hexkey, pageid = cmcontinue.split("|")
+                start = (_MEMBER_TYPES.index(kind), hexkey, int(pageid))
+            except ValueError:
+                raise _ApiFailure(
+                    "badcontinue",
+                    "Invalid continue param. You should pass the original value returned by "
+                    "the previous query.",
+                ) from None
+            rows = [row for row in rows if row[0] >= start]
+        items = []
+        for (_, _, pageid), kind, page in rows[:limit]:
+            item: dict[str, Any] = {}
+            if "ids" in props:
+                item["pageid"] = pageid
+            if "title" in props:
+                item |= {"ns": page["ns"], "title": page["title"]}
+            if "type" in props:
+                item["type"] = kind
+            if "timestamp" in props:
+                item["timestamp"] = page["timestamp"]
+            items.append(item)
+        if len(rows) <= limit:
+            return items, {}
+        (type_index, hexkey, pageid), _, _ = rows[limit]
+        return items, {"cmcontinue": f"{_MEMBER_TYPES[type_index]}|{hexkey}|{pageid}"}
+
+    def _member_page(self, title: str) -> dict[str, Any]:
+        if title in self._categories:
+            return {
+                "pageid": self._categories[title],
+                "ns": 14,
+                "title": title,
+                "timestamp": DEFAULT_TIMESTAMP,
+            }
+        file = self._files[title]
+        return {"pageid": file.pageid, "ns": 6, "title": title, "timestamp": file.timestamp}
+
+    def _allimages(
+        self, params: dict[str, str], body: dict[str, Any]
+    ) -> tuple[list[dict[str, Any]], dict[str, str]]:
+        """ApiQueryAllImages: every file by name (``aifrom``/``aito``) or by upload time
+        (``aistart``/``aiend``, both inclusive), in ``aidir``."""
+        by_time = _choices(params, "aisort", "name", ("name", "timestamp")) == {"timestamp"}
+        for name in ("aistart", "aiend") if not by_time else ("aifrom", "aito"):
+            if name in params:
+                other = "timestamp" if name in ("aistart", "aiend") else "name"
+                raise _ApiFailure("badparams", f"{name} can only be used with aisort={other}.")
+        direction = params.get("aidir", "ascending")
+        allowed = (
+            ("ascending", "descending", "newer", "older")
+            if by_time
+            else ("ascending", "descending")
+        )
+        if direction not in allowed:
+            raise _ApiFailure("badvalue", f'Unrecognized value for parameter "aidir": {direction}.')
+        descending = direction in ("descending", "older")
+        props = set(params.get("aiprop", "timestamp|url").split("|"))
+        limit = _limit(params, "ailimit", body, "allimages")
+        with self._lock:
+            files = list(self._files.values())
+
+        def key(file: _File) -> tuple[str, ...]:
+            return (_mw_timestamp(file.timestamp), file.key) if by_time else (file.key,)
+
+        low, high = (
+            _bound(params.get(name), name, by_time)
+            for name in (("aistart", "aiend") if by_time else ("aifrom", "aito"))
+        )
+        if descending:
+            low, high = high, low
+        chosen = [
+            f
+            for f in files
+            if (low is None or key(f)[0] >= low) and (high is None or key(f)[0] <= high)
+        ]
+        chosen.sort(key=key, reverse=descending)
+        if aicontinue := params.get("aicontinue"):
+            start = tuple(aicontinue.split("|", 1)) if by_time else (aicontinue,)
+            chosen = [f for f in chosen if (key(f) <= start if descending else key(f) >= start)]
+        items = [self._allimages_item(file, props) for file in chosen[:limit]]
+        if len(chosen) <= limit:
+            return items, {}
+        return items, {"aicontinue": "|".join(key(chosen[limit]))}
+
+    def _allimages_item(self, file: _File, props: set[str]) -> dict[str, Any]:
+        item: dict[str, Any] = {"name": file.key}
+        item |= self._imageinfo(file, {"iiprop": "|".join(props)})
+        return item | {"ns": 6, "title": file.title}
 
     def _query(self, titles: list[str], params: dict[str, str]) -> dict[str, Any]:
         # MediaWiki composes the request's Unicode (NFC) before it parses titles and reports
@@ -432,7 +660,8 @@ class FakeCommons:
                 page.pop("imageinfo", None)
         if len(todo) <= self.batch_size:
             return None
-        return f"{_db_key(todo[self.batch_size]['title'])}|{_TIMESTAMP}"
+        following = self._files[todo[self.batch_size]["title"]]
+        return f"{following.key}|{_mw_timestamp(following.timestamp)}"
 
     def _page(self, title: str, params: dict[str, str], follow: bool) -> dict[str, Any]:
         ns = 6 if title.startswith("File:") else 0
@@ -454,6 +683,8 @@ class FakeCommons:
     def _imageinfo(self, file: _File, params: dict[str, str]) -> dict[str, Any]:
         props = set(params.get("iiprop", "timestamp|user").split("|"))
         info: dict[str, Any] = {}
+        if "timestamp" in props:
+            info["timestamp"] = file.timestamp
         if "size" in props:
             info.update(size=len(file.data), width=file.width, height=file.height)
         if "url" in props:
@@ -527,6 +758,121 @@ class FakeCommons:
 def _file_title(name: str) -> str:
     """The title of a fixture named with or without ``File:``."""
     return normalize_title(f"File:{name.removeprefix('File:')}")
+
+
+def _category_title(name: str) -> str:
+    """The title of a category named with or without ``Category:``."""
+    text = re.sub(r"[ _]+", " ", name).strip()
+    match = _CATEGORY.fullmatch(text)
+    rest = match.group(1) if match else text
+    return f"Category:{rest[:1].upper()}{rest[1:]}"
+
+
+def _member_type(ns: int) -> str:
+    return {6: "file", 14: "subcat"}.get(ns, "page")
+
+
+def _iso(when: str | datetime) -> str:
+    """An upload time as MediaWiki writes it in ISO 8601: ``2024-01-01T00:00:00Z``."""
+    if isinstance(when, str):
+        when = datetime.fromisoformat(when)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _mw_timestamp(iso: str) -> str:
+    """MediaWiki's database form of an ISO timestamp: ``20240101000000``."""
+    return re.sub(r"\D", "", iso)
+
+
+def _timestamp_param(value: str, name: str) -> str:
+    """A timestamp parameter as MediaWiki accepts it (ISO 8601 or 14 digits), in database
+    form."""
+    if re.fullmatch(r"\d{14}", value):
+        return value
+    try:
+        return _mw_timestamp(_iso(value))
+    except ValueError:
+        raise _ApiFailure(
+            "badtimestamp", f'Invalid value "{value}" for timestamp parameter "{name}".'
+        ) from None
+
+
+def _bound(value: str | None, name: str, by_time: bool) -> str | None:
+    """An allimages range end as it sorts: a database timestamp, or a DB key."""
+    if value is None:
+        return None
+    return _timestamp_param(value, name) if by_time else _db_key(normalize_title(value))
+
+
+def _choices(params: dict[str, str], name: str, default: str, allowed: Iterable[str]) -> set[str]:
+    values = set(params.get(name, default).split("|"))
+    if bad := values - set(allowed):
+        raise _ApiFailure("badvalue", f'Unrecognized value for parameter "{name}": {min(bad)}.')
+    return values
+
+
+def _limit(params: dict[str, str], name: str, body: dict[str, Any], module: str) -> int:
+    """A list module's limit: ``max`` is `LIST_LIMIT`, and out-of-range values are clamped
+    with a warning, as MediaWiki does."""
+    raw = params.get(name, str(_DEFAULT_LIMIT))
+    if raw == "max":
+        return LIST_LIMIT
+    try:
+        value = int(raw)
+    except ValueError:
+        raise _ApiFailure(
+            "badinteger", f'Invalid value "{raw}" for integer parameter "{name}".'
+        ) from None
+    if value > LIST_LIMIT:
+        _warn(body, module, f"{name} may not be over {LIST_LIMIT} (set to {value}) for users")
+        return LIST_LIMIT
+    if value < 1:
+        _warn(body, module, f"{name} may not be less than 1 (set to {value})")
+        return 1
+    return value
+
+
+def _warn(body: dict[str, Any], module: str, text: str) -> None:
+    """Add a warning as formatversion=2 lists them: one newline-joined text per module."""
+    warnings = body.setdefault("warnings", {}).setdefault(module, {})
+    warnings["warnings"] = "\n".join(filter(None, (warnings.get("warnings"), text)))
+
+
+@functools.cache
+def _bases() -> tuple[tuple[str, bytes], ...]:
+    """A few small base images for `FakeCommons.add_many`, JPEG photos and PNG logos. At
+    320x240 the first thumbnail width is the original, so nothing is ever resized."""
+    photos = [
+        ("jpg", images.encode(images.photo(320, 240, seed), "JPEG", quality=80))
+        for seed in range(4)
+    ]
+    logos = [
+        ("png", images.encode(images.logo(320, 240, seed, alpha=False), "PNG")) for seed in range(4)
+    ]
+    return tuple(photos + logos)
+
+
+def _tagged_png(data: bytes, text: bytes) -> bytes:
+    """``data`` with a ``tEXt`` comment chunk after the IHDR chunk (which ends at byte 33)."""
+    payload = b"Comment\x00" + text
+    chunk = b"tEXt" + payload
+    return (
+        data[:33]
+        + struct.pack(">I", len(payload))
+        + chunk
+        + struct.pack(">I", zlib.crc32(chunk))
+        + data[33:]
+    )
+
+
+def _tagged_jpeg(data: bytes, text: bytes) -> bytes:
+    """``data`` with a COM segment after SOI and the JFIF APP0 segment, if any."""
+    at = 2
+    if data[2:4] == b"\xff\xe0":
+        at = 4 + struct.unpack(">H", data[4:6])[0]
+    return data[:at] + b"\xff\xfe" + struct.pack(">H", len(text) + 2) + text + data[at:]
 
 
 def _db_key(title: str) -> str:
@@ -623,6 +969,14 @@ def _api_error(code: str, info: str, **extra: Any) -> _Reply:
     return _json({"error": error, "servedby": "fake-commons"}, {"MediaWiki-API-Error": code})
 
 
+class _ApiFailure(Exception):
+    """A list module refuses its parameters: the answer is this MediaWiki error."""
+
+    def __init__(self, code: str, info: str) -> None:
+        super().__init__(info)
+        self.reply = _api_error(code, info)
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     fake: FakeCommons
@@ -635,6 +989,9 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes; with Nagle's algorithm the body then waits for
+    # the client's delayed ACK, ~40 ms per answer on a kept-alive connection.
+    disable_nagle_algorithm = True
     server: _Server
 
     def do_GET(self) -> None:
@@ -673,13 +1030,36 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Serve a folder of images as a fake Commons.")
-    parser.add_argument("directory", type=Path)
+    parser = argparse.ArgumentParser(
+        description="Serve a folder of images, and/or many generated ones, as a fake Commons."
+    )
+    parser.add_argument("directory", type=Path, nargs="?", help="images to serve by file name")
     parser.add_argument("--port", type=int, default=8090)
+    parser.add_argument("--many", type=int, default=0, help="also host N distinct small images")
+    parser.add_argument("--prefix", default="Bulk", help="name prefix of the generated images")
+    parser.add_argument(
+        "--category", action="append", default=[], help="category of all files (repeatable)"
+    )
+    parser.add_argument(
+        "--first-upload", default=DEFAULT_TIMESTAMP, help="upload time of the first generated image"
+    )
+    parser.add_argument("--interval", type=float, default=1.0, help="seconds between uploads")
     args = parser.parse_args(argv)
-    files = {p.name: p.read_bytes() for p in sorted(args.directory.iterdir()) if p.is_file()}
-    with FakeCommons(files, port=args.port) as fake:
-        print(f"fake Commons API at {fake.api_url} serving {len(files)} files", flush=True)
+    if args.directory is None and not args.many:
+        parser.error("give a DIRECTORY, --many N, or both")
+    paths = sorted(args.directory.iterdir()) if args.directory else []
+    with FakeCommons({}, port=args.port) as fake:
+        for path in filter(Path.is_file, paths):
+            fake.add_file(path.name, path.read_bytes(), categories=args.category)
+        fake.add_many(
+            args.many,
+            prefix=args.prefix,
+            categories=args.category,
+            first_upload=args.first_upload,
+            interval_s=args.interval,
+        )
+        count = len(fake._files)
+        print(f"fake Commons API at {fake.api_url} serving {count} files", flush=True)
         try:
             threading.Event().wait()
         except KeyboardInterrupt:

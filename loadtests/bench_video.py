@@ -44,6 +44,7 @@ from PIL import Image
 from preprocessing.specs import NSFW, VIDEO_MODEL
 from preprocessing.tensor import nsfw_tensor
 from stack import Stack
+from stack.launcher import WITHOUT_SCORE_STORE
 from transformer.config import load_settings
 from transformer.video.cli import DEFAULT_MODEL, OnnxScorer
 from transformer.video.limits import VideoLimits
@@ -164,7 +165,7 @@ def through_stack(data: bytes, repeat: int) -> Timing:
     body = json.dumps({"instances": [instance]}).encode()
     headers = {"Content-Type": "application/json"}
     with (
-        Stack(models=[VIDEO_MODEL], logs=ROOT / "build" / "bench") as served,
+        Stack(models=[VIDEO_MODEL], env=WITHOUT_SCORE_STORE, logs=ROOT / "build" / "bench") as served,
         httpx.Client(base_url=served.url, timeout=120) as client,
     ):
         path = f"/v1/models/{VIDEO_MODEL}:predict"

@@ -81,7 +81,12 @@ def dialect_insert(conn: Connection, table: type[Any] | Table) -> Any:
 
 
 class ScoreStore:
-    def __init__(self, url: str, *, connect_timeout_s: float = 2.0) -> None:
+    def __init__(
+        self, url: str, *, connect_timeout_s: float = 2.0, statement_timeout_s: float | None = None
+    ) -> None:
+        """``statement_timeout_s`` bounds each statement and each wait for a lock (SQLite's
+        busy timeout, else 30 s; PostgreSQL's statement and lock timeouts, else none): a
+        caller that must answer quickly gets a StoreError instead of a thread stuck waiting."""
         self.url = url
         try:
             parsed = make_url(url)
@@ -91,20 +96,28 @@ class ScoreStore:
         self._name = parsed.render_as_string(hide_password=True)
         try:
             if parsed.get_backend_name() == "sqlite":
-                self._engine = self._sqlite_engine(url, parsed.database)
+                busy_ms = (
+                    SQLITE_BUSY_TIMEOUT_MS
+                    if statement_timeout_s is None
+                    else max(1, round(statement_timeout_s * 1000))
+                )
+                self._engine = self._sqlite_engine(url, parsed.database, busy_ms)
             elif parsed.get_backend_name() == "postgresql":
                 # libpq takes whole seconds and treats anything below 2 as 2.
                 timeout = max(2, round(connect_timeout_s))
-                self._engine = create_engine(
-                    url, connect_args={"connect_timeout": timeout}, pool_pre_ping=True
-                )
+                connect_args: dict[str, Any] = {"connect_timeout": timeout}
+                if statement_timeout_s is not None:
+                    ms = max(1, round(statement_timeout_s * 1000))
+                    connect_args["options"] = f"-c statement_timeout={ms} -c lock_timeout={ms}"
+                self._engine = create_engine(url, connect_args=connect_args, pool_pre_ping=True)
             else:
                 raise StoreError(f"{self._name}: only sqlite and postgresql URLs are supported")
-        except (SQLAlchemyError, OSError) as exc:
+        except (SQLAlchemyError, OSError, ImportError) as exc:
+            # ImportError: a driver that is not installed (postgresql+psycopg2://, ...).
             raise StoreError(f"{self._name}: {exc}") from exc
 
     @staticmethod
-    def _sqlite_engine(url: str, database: str | None) -> Engine:
+    def _sqlite_engine(url: str, database: str | None, busy_ms: int) -> Engine:
         if database and database != ":memory:" and not database.startswith("file:"):
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url)
@@ -114,7 +127,7 @@ class ScoreStore:
             # SQLAlchemy, not the driver, issues BEGIN: writers need BEGIN IMMEDIATE, or two
             # read-then-write transactions fail at once instead of waiting on the lock.
             dbapi_connection.isolation_level = None
-            dbapi_connection.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            dbapi_connection.execute(f"PRAGMA busy_timeout = {busy_ms}")
             # Readers (the API's lookups) then never wait on the backfill's writes.
             dbapi_connection.execute("PRAGMA journal_mode = WAL")
 
@@ -176,11 +189,13 @@ class ScoreStore:
             )
         return records
 
-    def put(self, records: Iterable[Record]) -> None:
+    def put(self, records: Iterable[Record], *, replace: bool = True) -> None:
         """Upsert ``records`` in one transaction.
 
         A stored row takes the new scores, scored_at and video, but keeps its mime, size
-        and video where the new record has None; titles add to those already seen.
+        and video where the new record has None; titles add to those already seen. With
+        ``replace=False`` a stored row is left as it is (scores someone else already had
+        scored: their time scored stays theirs) and only its titles are added.
         """
         now = datetime.now(UTC)
         latest: dict[Key, Record] = {}
@@ -207,6 +222,9 @@ class ScoreStore:
             table = Score.__table__.c
             for chunk in chunks(rows):
                 insert = dialect_insert(conn, Score).values(chunk)
+                if not replace:
+                    conn.execute(insert.on_conflict_do_nothing())
+                    continue
                 conn.execute(
                     insert.on_conflict_do_update(
                         index_elements=[table.sha1, table.model, table.model_version],
@@ -252,9 +270,11 @@ def _add_titles(conn: Connection, pairs: set[tuple[str, str]], now: datetime) ->
         conn.execute(dialect_insert(conn, Title).values(chunk).on_conflict_do_nothing())
 
 
-def open_store(url: str, *, migrate: bool = True) -> ScoreStore:
+def open_store(
+    url: str, *, migrate: bool = True, statement_timeout_s: float | None = None
+) -> ScoreStore:
     """A store on ``url``, its schema migrated to the newest version unless told not to."""
-    store = ScoreStore(url)
+    store = ScoreStore(url, statement_timeout_s=statement_timeout_s)
     if migrate:
         try:
             store.migrate()

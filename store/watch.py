@@ -5,9 +5,9 @@ waiting to be scored (each due once Commons has had time to settle it).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 
 from store.schema import WatchPending, WatchPosition, utc
 from store.scores import ScoreStore, chunks, dialect_insert
@@ -65,6 +65,42 @@ class WatchState:
         )
         with self.store.transaction(write=False) as conn:
             return list(conn.scalars(query))
+
+    def claim(self, now: datetime, limit: int, lease: timedelta) -> list[str]:
+        """Up to ``limit`` titles due at ``now``, the longest due first, claimed for
+        ``lease``: their due time moves to ``now + lease``, so the other replicas sharing
+        this queue pass them over, and they come due again if they are never removed (the
+        claimant crashed, or their scoring failed upstream and is worth another try)."""
+        now = utc(now)
+        query = (
+            select(WatchPending.title)
+            .where(WatchPending.source == self.source, WatchPending.due_at <= now)
+            .order_by(WatchPending.due_at, WatchPending.title)
+            .limit(limit)
+        )
+        with self.store.transaction() as conn:
+            # SQLite's write transaction already excludes other claimants; PostgreSQL's rows
+            # are locked one by one, and rows another claimant holds are skipped, not awaited.
+            if conn.dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            titles = list(conn.scalars(query))
+            for chunk in chunks(titles):
+                conn.execute(
+                    update(WatchPending)
+                    .where(WatchPending.source == self.source, WatchPending.title.in_(chunk))
+                    .values(due_at=now + lease)
+                )
+        return titles
+
+    def release(self, titles: Iterable[str], now: datetime) -> None:
+        """Give claimed titles back, due at ``now``: their claimant could not try them."""
+        with self.store.transaction() as conn:
+            for chunk in chunks(sorted(set(titles))):
+                conn.execute(
+                    update(WatchPending)
+                    .where(WatchPending.source == self.source, WatchPending.title.in_(chunk))
+                    .values(due_at=utc(now))
+                )
 
     def remove(self, titles: Iterable[str]) -> None:
         with self.store.transaction() as conn:

@@ -109,9 +109,24 @@ def test_inline_bytes_are_keyed_by_their_own_sha1(cached: Stack, database: str) 
     body = {"instances": [{"image": base64.b64encode(data).decode()}]}
     first = predict(cached.url, LOGO, body).json()["predictions"][0]
     assert first["sha1"] == hashlib.sha1(data).hexdigest() and first["cached"] is False
-    settle(database, [Key(first["sha1"], "logo-detection", "2")])
+    settle(database, [Key(first["sha1"], "logo-detection", "2;inline")])
     second = predict(cached.url, LOGO, body).json()["predictions"][0]
     assert second["cached"] is True and second["prediction"] == first["prediction"]
+
+
+def test_inline_bytes_never_answer_for_a_commons_file(
+    cached: Stack, fake_commons: FakeCommons, database: str
+) -> None:
+    """A client's bytes must not decide a Commons file's scores (and a file looked up by
+    name is scored from its thumbnail, not from the bytes as uploaded)."""
+    data = images.encode(images.photo(200, 150, 4343), "PNG")
+    fake_commons.add_file("Store test inline first.png", data)
+    body = {"instances": [{"image": base64.b64encode(data).decode()}]}
+    inline = predict(cached.url, LOGO, body).json()["predictions"][0]
+    settle(database, [Key(inline["sha1"], "logo-detection", "2;inline")])
+    answer = predict(cached.url, LOGO, by_name(["Store test inline first.png"]))
+    (looked_up,) = answer.json()["predictions"]
+    assert looked_up["sha1"] == inline["sha1"] and looked_up["cached"] is False
 
 
 def test_a_fully_cached_request_of_50_titles_needs_one_api_call(
@@ -209,8 +224,9 @@ async def test_a_slow_store_is_abandoned_then_left_alone() -> None:
     cache = ScoreCache(lambda: Slow(), timeout_s=0.1, retry_s=30, max_pending_writes=4)
     keys = [Key("0" * 40, "logo-detection", "2")]
     start = time.monotonic()
-    assert await cache.lookup("logo-detection", keys) == [None]
-    assert await cache.lookup("logo-detection", keys) == [None]
+    labels = ("out_of_domain", "logo")
+    assert await cache.lookup("logo-detection", keys, labels) == [None]
+    assert await cache.lookup("logo-detection", keys, labels) == [None]
     assert time.monotonic() - start < 0.4
     assert Slow.calls == 1, "the store was called again while resting"
     await asyncio.sleep(0.5)

@@ -123,6 +123,40 @@ def test_upsert_keeps_what_the_new_record_lacks(store: ScoreStore) -> None:
     assert store.get([other])[other].titles == ("File:New.mp4", "File:Old.mp4")
 
 
+def test_put_without_replace_keeps_the_stored_scores_and_adds_titles(store: ScoreStore) -> None:
+    key = Key(sha1(3), "logo-detection", "2")
+    first = datetime(2024, 1, 1, tzinfo=UTC)
+    store.put([Record(key, {"logo": 0.7}, scored_at=first, titles=("File:A.png",))])
+    store.put(
+        [
+            Record(key, {"logo": 0.1}, titles=("File:B.png",)),
+            Record(Key(sha1(4), "logo-detection", "2"), {"logo": 0.2}),
+        ],
+        replace=False,
+    )
+    got = store.get([key, Key(sha1(4), "logo-detection", "2")])
+    assert (got[key].scores, got[key].scored_at) == ({"logo": 0.7}, first)
+    assert got[key].titles == ("File:A.png", "File:B.png")
+    assert len(got) == 2, "a row not stored yet is inserted"
+
+
+def test_a_statement_timeout_turns_a_held_lock_into_a_store_error(store_url: str) -> None:
+    holder, waiter = open_store(store_url), open_store(store_url, statement_timeout_s=0.3)
+    key = Key(sha1(5), "logo-detection", "2")
+    holder.put([Record(key, {"logo": 0.5})])
+    try:
+        with holder.transaction() as conn:
+            # Hold the row (PostgreSQL) or the database (SQLite) for write.
+            conn.exec_driver_sql("UPDATE scores SET mime = 'x/y'")
+            start = time.monotonic()
+            with pytest.raises(StoreError):
+                waiter.put([Record(key, {"logo": 0.6})])
+            assert time.monotonic() - start < 5
+    finally:
+        holder.dispose()
+        waiter.dispose()
+
+
 def test_note_titles(store: ScoreStore) -> None:
     key = Key(sha1(1), "logo-detection", "2")
     store.note_titles([(key.sha1, "File:X.png"), (key.sha1, "File:X.png"), (sha1(2), "File:Y.png")])
@@ -285,6 +319,35 @@ def test_due_order_and_remove(store: ScoreStore) -> None:
     assert state.pending_count() == 3
     with pytest.raises(ValueError):
         state.due(datetime(2024, 6, 1, 12), 10)
+
+
+def test_claims_are_exclusive_until_the_lease_ends(store_url: str) -> None:
+    stores = [open_store(store_url) for _ in range(4)]
+    try:
+        first = WatchState(stores[0], "kafka:group/commonswiki")
+        t = datetime(2024, 1, 1, tzinfo=UTC)
+        first.enqueue([(f"File:{i:03d}.png", t) for i in range(200)], None)
+        lease = timedelta(minutes=5)
+        # Four replicas claiming at once get disjoint batches that cover the queue.
+        with ThreadPoolExecutor(4) as pool:
+            claims = list(pool.map(
+                lambda s: [t2 for _ in range(5) for t2 in
+                           WatchState(s, first.source).claim(t, 10, lease)],
+                stores,
+            ))  # fmt: skip
+        claimed = [title for batch in claims for title in batch]
+        assert len(claimed) == len(set(claimed)) == 200
+        assert first.claim(t, 10, lease) == [], "every title is claimed"
+        # Not removed within the lease (a crash, an upstream failure): due again after it.
+        first.remove(claimed[:150])
+        again = first.claim(t + lease, 100, lease)
+        assert sorted(again) == sorted(claimed[150:])
+        # Given back unattempted: due at once.
+        first.release(again[:5], t + lease)
+        assert first.claim(t + lease, 100, lease) == again[:5]
+    finally:
+        for s in stores:
+            s.dispose()
 
 
 def test_sources_are_independent(store: ScoreStore) -> None:

@@ -301,7 +301,7 @@ class CommonsClient:
                     503,
                     f"Commons database replicas lag {error.get('lag')} s behind "
                     f"(maxlag={self._maxlag}): {error.get('info')}",
-                    _retry_after(response),
+                    retry_after(response),
                 )
             raise CommonsUnavailable(
                 502, f"the Commons API refused the query: {error.get('code')}: {error.get('info')}"
@@ -516,11 +516,11 @@ def _raise_if_transient(response: httpx.Response) -> None:
         raise _Transient(
             _UPSTREAM_STATUS.get(status, 502),
             f"{response.url.host} answered HTTP {status}",
-            _retry_after(response) if status in (429, 503) else None,
+            retry_after(response) if status in (429, 503) else None,
         )
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def retry_after(response: httpx.Response) -> float | None:
     """Retry-After in seconds, from delta-seconds or an HTTP-date; None when absent or
     unreadable."""
     value = response.headers.get("retry-after", "").strip()

@@ -31,7 +31,7 @@ from transformer.commons import CommonsClient, CommonsFile
 from transformer.config import Settings
 from transformer.request import Instance, parse_request_in
 from transformer.responses import MODEL_VERSION_HEADER, error_prediction, respond
-from transformer.score_cache import ScoreCache, commons_key
+from transformer.score_cache import ScoreCache, commons_key, inline_variant
 from transformer.scoring import score
 from transformer.sources import IMAGES, Source, download, resolve_all
 from transformer.tasks import all_or_none, known
@@ -95,8 +95,16 @@ class ImageModel(TritonModel):
             max_bytes=self.settings.max_image_bytes,
         )
         sources = await resolve_all(instances, self.commons, deadline=deadline)
-        keys = await loop.run_in_executor(self.parser, self._keys, sources)
-        stored = await self.cache.lookup(self.name, keys) if self.cache else [None] * len(keys)
+        # Hashing inline bytes is CPU work for a thread; names' keys are ready at once.
+        if any(isinstance(source, bytes) for source in sources):
+            keys = await loop.run_in_executor(self.parser, self._keys, sources)
+        else:
+            keys = self._keys(sources)
+        stored = (
+            await self.cache.lookup(self.name, keys, self.spec.labels)
+            if self.cache
+            else [None] * len(keys)
+        )
         results = await all_or_none(
             self._fetch_and_prepare(source, deadline) if record is None else known(record)
             for source, record in zip(sources, stored, strict=True)
@@ -104,13 +112,18 @@ class ImageModel(TritonModel):
         return Batch(instances, sources, keys, results)
 
     def _keys(self, sources: list[Source]) -> list[Key | None]:
-        """Store keys: Commons' SHA-1 for looked-up files, the bytes' own for inline data."""
+        """Store keys: Commons' SHA-1 for looked-up files, the bytes' own for inline data.
+
+        The two never share scores: a looked-up file is scored from its thumbnail, inline
+        bytes as sent, and a client's bytes must not decide what a Commons file scores.
+        """
         keys: list[Key | None] = []
         for source in sources:
             if isinstance(source, CommonsFile) and IMAGES.accepts(source):
                 keys.append(commons_key(source.sha1, self.name, self.version))
             elif isinstance(source, bytes) and source:
-                keys.append(Key(hashlib.sha1(source).hexdigest(), self.name, self.version))
+                digest = hashlib.sha1(source).hexdigest()
+                keys.append(Key(digest, self.name, inline_variant(self.version)))
             else:
                 keys.append(None)
         return keys

@@ -5,15 +5,17 @@ bytes' own for inline data), model and model version, so a re-upload is never sc
 and a new model version never reuses old scores.
 
 The store is an optimisation, never a dependency: every call runs in threads of its own
-with a timeout, and a store that fails or is slow is bypassed, counted, and left alone for
-``SCORE_STORE_RETRY_S`` so that requests do not queue behind its timeouts. Writes happen
-after the response, in the background, at most ``SCORE_STORE_MAX_PENDING_WRITES`` at once.
+with a timeout (lookups and writes in separate pools, so writes never delay lookups), and
+an operation that fails or is slow is bypassed, counted, and left alone for
+``SCORE_STORE_RETRY_S`` so that requests do not queue behind its timeouts. Writes run in
+the background once Triton has answered, at most ``SCORE_STORE_MAX_PENDING_WRITES`` at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -36,6 +38,11 @@ BYPASSED = Counter(
 )
 
 
+def inline_variant(version: str) -> str:
+    """The key version of scores from bytes a client sent."""
+    return f"{version};inline"
+
+
 def commons_key(sha1: str, model: str, version: str) -> Key | None:
     """The key of a file Commons described, or None when its ``sha1`` is not one (a file
     mid-upload, a broken row): such a file is scored, not stored."""
@@ -53,46 +60,55 @@ class ScoreCache:
         timeout_s: float,
         retry_s: float,
         max_pending_writes: int,
-        threads: int = 4,
+        threads: int = 2,
     ) -> None:
         """``opener`` opens (and migrates) the store; it is called in a thread, again after
         ``retry_s`` if it failed."""
         self._opener = opener
         self._store: ScoreStore | None = None
+        self._opening = threading.Lock()
         self.timeout_s = timeout_s
         self.retry_s = retry_s
         self.max_pending_writes = max_pending_writes
-        self._threads = ThreadPoolExecutor(threads, thread_name_prefix="score-store")
-        self._resting_until = 0.0
-        self._writes: set[asyncio.Task[None]] = set()
+        self._pools = {
+            operation: ThreadPoolExecutor(threads, thread_name_prefix=f"score-store-{operation}")
+            for operation in ("lookup", "write")
+        }
+        self._resting_until = dict.fromkeys(self._pools, 0.0)
+        self._writes: set[asyncio.Future[None]] = set()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ScoreCache | None:
         if not settings.score_store:
             return None
-        url = settings.database_url
+        url, timeout_s = settings.database_url, settings.score_store_timeout_s
         return cls(
-            lambda: open_store(url, migrate=settings.score_store_migrate),
-            timeout_s=settings.score_store_timeout_s,
+            lambda: open_store(
+                url, migrate=settings.score_store_migrate, statement_timeout_s=timeout_s
+            ),
+            timeout_s=timeout_s,
             retry_s=settings.score_store_retry_s,
             max_pending_writes=settings.score_store_max_pending_writes,
         )
 
-    async def lookup(self, model: str, keys: Sequence[Key | None]) -> list[Record | None]:
-        """The stored record for each key, or None; all None while the store is unusable."""
+    async def lookup(
+        self, model: str, keys: Sequence[Key | None], labels: Sequence[str]
+    ) -> list[Record | None]:
+        """The stored record for each key, or None; all None while the store is unusable.
+        A record without exactly ``labels`` (written by something else) is a miss."""
         wanted = [k for k in keys if k is not None]
         if not wanted:
             return [None] * len(keys)
         found = await self._call("lookup", lambda store: store.get(wanted))
         if found is None:
             return [None] * len(keys)
-        hits = sum(1 for k in wanted if k in found)
-        LOOKUPS.labels(model=model, result="hit").inc(hits)
-        LOOKUPS.labels(model=model, result="miss").inc(len(wanted) - hits)
-        return [found.get(k) if k is not None else None for k in keys]
+        usable = {k: r for k, r in found.items() if _scores_for(r, labels)}
+        LOOKUPS.labels(model=model, result="hit").inc(len(usable))
+        LOOKUPS.labels(model=model, result="miss").inc(len(wanted) - len(usable))
+        return [usable.get(k) if k is not None else None for k in keys]
 
     def remember(self, records: Sequence[Record], titles: Sequence[tuple[str, str]] = ()) -> None:
-        """Store new scores and the titles known files were seen under, after the response."""
+        """Store new scores and the titles known files were seen under, in the background."""
         if not records and not titles:
             return
         if len(self._writes) >= self.max_pending_writes:
@@ -109,35 +125,46 @@ class ScoreCache:
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
 
-    async def drain(self) -> None:
-        """Wait for the writes in progress (tests, shutdown)."""
-        while self._writes:
-            await asyncio.gather(*list(self._writes), return_exceptions=True)
-
     async def _call(self, operation: str, work: Callable[[ScoreStore], T]) -> T | None:
         loop = asyncio.get_running_loop()
-        if loop.time() < self._resting_until:
+        if loop.time() < self._resting_until[operation]:
             BYPASSED.labels(operation=operation, reason="resting").inc()
             return None
         try:
             return await asyncio.wait_for(
-                loop.run_in_executor(self._threads, self._with_store, work), self.timeout_s
+                loop.run_in_executor(self._pools[operation], self._with_store, work),
+                self.timeout_s,
             )
         except TimeoutError:
             reason = "timeout"
         except StoreError as exc:
             reason = "error"
             log.warning("score store %s failed: %s", operation, exc)
-        self._resting_until = loop.time() + self.retry_s
+        except Exception:
+            # A bug or bad data, not an outage; still never the request's failure.
+            reason = "bug"
+            log.exception("score store %s failed unexpectedly", operation)
+        self._resting_until[operation] = loop.time() + self.retry_s
         BYPASSED.labels(operation=operation, reason=reason).inc()
         return None
 
     def _with_store(self, work: Callable[[ScoreStore], T]) -> T:
-        if self._store is None:
-            self._store = self._opener()
+        with self._opening:
+            if self._store is None:
+                self._store = self._opener()
         return work(self._store)
 
     def close(self) -> None:
-        self._threads.shutdown(wait=False, cancel_futures=True)
+        for pool in self._pools.values():
+            pool.shutdown(wait=False, cancel_futures=True)
         if self._store is not None:
             self._store.dispose()
+
+
+def _scores_for(record: Record, labels: Sequence[str]) -> bool:
+    scores = record.scores
+    return (
+        isinstance(scores, dict)
+        and set(scores) == set(labels)
+        and all(isinstance(v, float | int) and not isinstance(v, bool) for v in scores.values())
+    )

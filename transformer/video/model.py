@@ -35,7 +35,7 @@ from transformer.config import Settings
 from transformer.errors import BadRequest, ItemError
 from transformer.request import Instance, parse_body, parse_request
 from transformer.responses import MODEL_VERSION_HEADER, error_prediction, respond
-from transformer.score_cache import ScoreCache, commons_key
+from transformer.score_cache import ScoreCache, commons_key, inline_variant
 from transformer.scoring import score
 from transformer.sources import VIDEOS, Source, download, resolve_all
 from transformer.tasks import all_or_none, known
@@ -112,14 +112,19 @@ class VideoModel(TritonModel):
         ]
         instances = [_renamed(inst) for inst in instances]
         sources = await resolve_all(instances, self.commons, deadline=deadline)
-        keys = await loop.run_in_executor(self.parser, _keys, sources, options)
+        keys = await loop.run_in_executor(
+            self.parser, _keys, sources, options, self.limits.max_frames
+        )
         return VideoBatch(instances, options, sources, keys, deadline)
 
     async def predict(
         self, batch: VideoBatch, headers: dict | None = None, response_headers: dict | None = None
     ) -> VideoBatch:
         versions: set[str] = set()
-        stored = await self.cache.lookup(NAME, batch.keys) if self.cache else [None] * len(batch.keys)
+        stored: list[Record | None] = [None] * len(batch.keys)
+        if self.cache:
+            found = await self.cache.lookup(NAME, batch.keys, ("sfw", "nsfw"))
+            stored = [r if r is not None and isinstance(r.video, dict) else None for r in found]
         batch.results = await all_or_none(
             self._score(s, o, batch.deadline, versions) if record is None else known(record)
             for s, o, record in zip(batch.sources, batch.options, stored, strict=True)
@@ -246,26 +251,30 @@ def _options(raw: dict, defaults: ScoringOptions, where: str) -> ScoringOptions 
     return ScoringOptions(float(threshold), early_exit)
 
 
-def _keys(sources: list[Source], options: list[ScoringOptions | ItemError]) -> list[Key | None]:
-    """Store keys: the video's SHA-1 (Commons' for a name, the bytes' own inline) and the
-    scoring variant; none for items that already failed."""
+def _keys(
+    sources: list[Source], options: list[ScoringOptions | ItemError], max_frames: int
+) -> list[Key | None]:
+    """Store keys: the video's SHA-1 (Commons' for a name, the bytes' own inline) and what
+    shapes its report; none for items that already failed."""
     keys: list[Key | None] = []
     for source, option in zip(sources, options, strict=True):
         if isinstance(option, ItemError):
             keys.append(None)
         elif isinstance(source, CommonsFile) and VIDEOS.accepts(source):
-            keys.append(commons_key(source.sha1, NAME, _variant(option)))
+            keys.append(commons_key(source.sha1, NAME, _variant(option, max_frames)))
         elif isinstance(source, bytes) and source:
-            keys.append(Key(hashlib.sha1(source).hexdigest(), NAME, _variant(option)))
+            variant = inline_variant(_variant(option, max_frames))
+            keys.append(Key(hashlib.sha1(source).hexdigest(), NAME, variant))
         else:
             keys.append(None)
     return keys
 
 
-def _variant(options: ScoringOptions) -> str:
+def _variant(options: ScoringOptions, max_frames: int) -> str:
     early = "on" if options.early_exit else "off"
-    return f"{NSFW.version};threshold={options.threshold:g};early_exit={early}"
-
+    return (
+        f"{NSFW.version};frames={max_frames};threshold={options.threshold!r};early_exit={early}"
+    )
 
 
 def _renamed(instance: Instance) -> Instance:
