@@ -45,6 +45,12 @@ from urllib.parse import unquote
 import httpx
 
 from transformer.errors import ItemError
+from transformer.metrics import (
+    COMMONS_DOWNLOAD_BYTES,
+    COMMONS_RETRIES,
+    COMMONS_RETRY_WAIT,
+    COMMONS_SECONDS,
+)
 
 log = logging.getLogger(__name__)
 
@@ -112,9 +118,12 @@ class DeadlineExceeded(CommonsUnavailable):
 class _Transient(CommonsUnavailable):
     """A failure worth retrying; ``retry_after`` is the pause the server asked for."""
 
-    def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, retry_after: float | None = None, *, maxlag: bool = False
+    ) -> None:
         super().__init__(status, message)
         self.retry_after = retry_after
+        self.maxlag = maxlag
 
 
 class CommonsClient:
@@ -214,7 +223,7 @@ class CommonsClient:
                 HTTPStatus.BAD_GATEWAY,
             )
         return await self._retrying(
-            partial(self._fetch_once, url, file.title), self._fetch_timeout, deadline
+            "download", partial(self._fetch_once, url, file.title), self._fetch_timeout, deadline
         )
 
     async def _widen(self, found: dict[str, Resolved], deadline: float | None) -> None:
@@ -268,7 +277,7 @@ class CommonsClient:
         for _ in range(MAX_CONTINUATIONS + 1):
             request = params | {key: str(value) for key, value in continuation.items()}
             body = await self._retrying(
-                partial(self._api_call, request), self._api_timeout, deadline
+                "api", partial(self._api_call, request), self._api_timeout, deadline
             )
             batches.append(body["query"])
             continuation = body.get("continue") or {}
@@ -302,6 +311,7 @@ class CommonsClient:
                     f"Commons database replicas lag {error.get('lag')} s behind "
                     f"(maxlag={self._maxlag}): {error.get('info')}",
                     retry_after(response),
+                    maxlag=True,
                 )
             raise CommonsUnavailable(
                 502, f"the Commons API refused the query: {error.get('code')}: {error.get('info')}"
@@ -341,17 +351,24 @@ class CommonsClient:
                     return too_large
             if not sniffed and _looks_like_html(data):
                 return _not_media(title, url, content_type)
+            COMMONS_DOWNLOAD_BYTES.observe(len(data))
             return bytes(data)
 
     async def _retrying(
-        self, attempt: Callable[[], Awaitable[T]], timeout: float, deadline: float | None
+        self,
+        call: str,
+        attempt: Callable[[], Awaitable[T]],
+        timeout: float,
+        deadline: float | None,
     ) -> T:
         """Run ``attempt``, each try under ``timeout`` and all of them before ``deadline``,
-        retrying transient failures after a pause (see `_pause`)."""
+        retrying transient failures after a pause (see `_pause`). ``call`` ("api" or
+        "download") labels the attempts' metrics."""
         loop = asyncio.get_running_loop()
         error: _Transient
         for n in range(self._retries + 1):
             if n:
+                COMMONS_RETRIES.labels(call=call, outcome=_outcome(error)).inc()
                 await self._pause(error, n - 1, _time_left(loop, deadline))
             left = _time_left(loop, deadline)
             if left <= 0:
@@ -360,21 +377,29 @@ class CommonsClient:
                     if n
                     else "the deadline had passed before Commons was asked"
                 )
+            started, outcome = loop.time(), "failed"
             try:
                 async with asyncio.timeout(min(timeout, left)):
-                    return await attempt()
+                    result = await attempt()
+                outcome = "refused" if isinstance(result, ItemError) else "ok"
+                return result
             except (httpx.TimeoutException, TimeoutError):
+                outcome = "timeout"
                 if left < timeout:
                     raise DeadlineExceeded(
                         f"Commons did not answer within the {left:.2f} s left before the deadline"
                     ) from None
                 error = _Transient(504, f"Commons did not answer within {timeout:g} s")
             except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+                outcome = "network"
                 error = _Transient(502, f"cannot reach Commons: {exc!r}")
             except _Transient as exc:
                 error = exc
+                outcome = _outcome(exc)
             except httpx.HTTPError as exc:  # e.g. a body that fails to decode: not transient
                 raise CommonsUnavailable(502, f"bad answer from Commons: {exc!r}") from exc
+            finally:
+                COMMONS_SECONDS.labels(call=call, outcome=outcome).observe(loop.time() - started)
         raise CommonsUnavailable(error.status, error.message)
 
     async def _pause(self, error: _Transient, n: int, left: float) -> None:
@@ -398,7 +423,14 @@ class CommonsClient:
                     f"less than the {pause:.2f} s pause before a retry"
                 )
         log.warning("Commons request failed (%s); retry %d in %.2f s", error, n + 1, pause)
+        reason = "retry_after" if error.retry_after is not None else "backoff"
+        COMMONS_RETRY_WAIT.labels(reason=reason).inc(pause)
         await asyncio.sleep(pause)
+
+
+def _outcome(error: _Transient) -> str:
+    """A transient failure's metric label: ``http_<status>``, or ``maxlag``."""
+    return "maxlag" if error.maxlag else f"http_{error.status}"
 
 
 def _to_title(name: str) -> str | ItemError:

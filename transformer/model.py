@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
@@ -29,6 +30,7 @@ from preprocessing.tensor import PREPARATIONS, Preparation
 from store import Key, Record
 from transformer.commons import CommonsClient, CommonsFile
 from transformer.config import Settings
+from transformer.metrics import DECODE_SECONDS
 from transformer.request import Instance, parse_request_in
 from transformer.responses import MODEL_VERSION_HEADER, error_prediction, respond
 from transformer.score_cache import ScoreCache, commons_key, inline_variant
@@ -49,8 +51,11 @@ class Batch:
     results: list[np.ndarray | Record | CodedError] = field(default_factory=list)
 
 
-def prepare(data: bytes, preparation: Preparation, settings: Settings) -> np.ndarray | CodedError:
+def prepare(
+    data: bytes, preparation: Preparation, settings: Settings, model: str
+) -> np.ndarray | CodedError:
     """Decode and preprocess one image; runs in the thread pool, never on the event loop."""
+    started = time.perf_counter()
     try:
         image = decode_image(
             data,
@@ -58,9 +63,11 @@ def prepare(data: bytes, preparation: Preparation, settings: Settings) -> np.nda
             max_decode_bytes=settings.max_decode_bytes,
             min_side=preparation.min_side,
         )
+        return preparation.to_tensor(image)
     except DecodeError as exc:
         return exc
-    return preparation.to_tensor(image)
+    finally:
+        DECODE_SECONDS.labels(model=model).observe(time.perf_counter() - started)
 
 
 class ImageModel(TritonModel):
@@ -138,7 +145,7 @@ class ImageModel(TritonModel):
         if isinstance(source, CodedError):
             return source
         return await asyncio.get_running_loop().run_in_executor(
-            self.executor, prepare, source, self.preparation, self.settings
+            self.executor, prepare, source, self.preparation, self.settings, self.name
         )
 
     async def predict(

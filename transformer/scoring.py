@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from http import HTTPStatus
 
@@ -18,6 +19,7 @@ from kserve.inference_client import InferenceGRPCClient
 
 from preprocessing.specs import ModelSpec
 from transformer.errors import UpstreamError
+from transformer.metrics import TRITON_BATCH, TRITON_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +96,15 @@ async def _infer(
     tensor = InferInput(spec.input_name, list(chunk.shape), "UINT8")
     tensor.set_data_from_numpy(np.ascontiguousarray(chunk), binary_data=True)
     request = InferRequest(model_name=spec.name, infer_inputs=[tensor])
+    TRITON_BATCH.labels(model=spec.name).observe(len(chunk))
+    started = time.perf_counter()
     try:
         response = await client.infer(request, timeout=timeout_s)
+        TRITON_SECONDS.labels(model=spec.name, outcome="ok").observe(time.perf_counter() - started)
     except grpc.aio.AioRpcError as exc:
+        TRITON_SECONDS.labels(model=spec.name, outcome=exc.code().name.lower()).observe(
+            time.perf_counter() - started
+        )
         status = _STATUS_BY_CODE.get(exc.code(), HTTPStatus.BAD_GATEWAY)
         log.warning("Triton %s: %s: %s", spec.name, exc.code().name, exc.details())
         raise UpstreamError(
