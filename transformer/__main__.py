@@ -16,6 +16,7 @@ from kserve import model_server
 from kserve.model_server import app
 
 from preprocessing.specs import SPECS
+from transformer import request_log
 from transformer.config import Settings, load_settings
 from transformer.gate import Admission, RequestGate
 from transformer.http_errors import install_handlers
@@ -65,6 +66,7 @@ def _drop_infer_tracebacks(record: logging.LogRecord) -> bool:
 
 def main() -> None:
     bound_malloc()
+    request_log.install()
     settings = load_settings()
     models = build_models(settings)
     names = [model.name for model in models]

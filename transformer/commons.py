@@ -44,6 +44,7 @@ from urllib.parse import unquote
 
 import httpx
 
+from transformer import request_log
 from transformer.errors import ItemError
 from transformer.metrics import (
     COMMONS_DOWNLOAD_BYTES,
@@ -292,7 +293,10 @@ class CommonsClient:
     async def _api_call(self, params: dict[str, str]) -> dict[str, Any]:
         """One POST (which keeps 50 long titles out of the URL); the answer's JSON body."""
         response = await self._http.post(
-            self._api_url, data=params, headers=self._api_headers, timeout=self._api_timeout
+            self._api_url,
+            data=params,
+            headers={**self._api_headers, **_traced()},
+            timeout=self._api_timeout,
         )
         _raise_if_transient(response)
         if response.status_code != 200:
@@ -321,7 +325,9 @@ class CommonsClient:
         return body
 
     async def _fetch_once(self, url: httpx.URL, title: str) -> bytes | ItemError:
-        async with self._http.stream("GET", url, timeout=self._fetch_timeout) as response:
+        async with self._http.stream(
+            "GET", url, headers=_traced(), timeout=self._fetch_timeout
+        ) as response:
             _raise_if_transient(response)
             if response.status_code != 200:
                 # Commons listed the file, then would not serve it: not the client's fault.
@@ -399,7 +405,9 @@ class CommonsClient:
             except httpx.HTTPError as exc:  # e.g. a body that fails to decode: not transient
                 raise CommonsUnavailable(502, f"bad answer from Commons: {exc!r}") from exc
             finally:
-                COMMONS_SECONDS.labels(call=call, outcome=outcome).observe(loop.time() - started)
+                elapsed = loop.time() - started
+                COMMONS_SECONDS.labels(call=call, outcome=outcome).observe(elapsed)
+                request_log.add_stage(f"commons_{call}", elapsed)
         raise CommonsUnavailable(error.status, error.message)
 
     async def _pause(self, error: _Transient, n: int, left: float) -> None:
@@ -426,6 +434,12 @@ class CommonsClient:
         reason = "retry_after" if error.retry_after is not None else "backoff"
         COMMONS_RETRY_WAIT.labels(reason=reason).inc(pause)
         await asyncio.sleep(pause)
+
+
+def _traced() -> dict[str, str]:
+    """The request id, so that Commons' logs can be matched with ours."""
+    request_id = request_log.request_id()
+    return {request_log.REQUEST_ID_HEADER: request_id} if request_id else {}
 
 
 def _outcome(error: _Transient) -> str:

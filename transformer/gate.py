@@ -33,11 +33,12 @@ from http import HTTPStatus
 from prometheus_client import Counter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from transformer import request_log
 from transformer.http_errors import JSONResponse
+from transformer.request_log import REQUEST_ID_HEADER
 
 log = logging.getLogger(__name__)
 
-REQUEST_ID_HEADER = "x-request-id"
 RETRY_AFTER_S = 1
 _SANE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _PROBES = re.compile(r"/|/metrics|/v1/models|/v2|/v2/health/(?:live|ready)")
@@ -147,7 +148,20 @@ class RequestGate:
         if isinstance(route, Refusal):
             await _answer(route.status, {"error": route.message}, scope, receive, send)
         elif route == "predict":
-            await self._predict(scope, receive, send, request_id)
+            with request_log.recording(request_id, scope["method"], scope["path"]) as record:
+                status: int | None = None
+                original = send
+
+                async def sending(message: Message) -> None:
+                    nonlocal status
+                    if message["type"] == "http.response.start":
+                        status = message["status"]
+                    await original(message)
+
+                try:
+                    await self._predict(scope, receive, sending, request_id)
+                finally:
+                    request_log.log.info(record.line(status))
         else:
             await self.app(scope, receive, send)
 

@@ -28,6 +28,7 @@ from preprocessing.errors import CodedError
 from preprocessing.specs import ModelSpec
 from preprocessing.tensor import PREPARATIONS, Preparation
 from store import Key, Record
+from transformer import request_log
 from transformer.commons import CommonsClient, CommonsFile
 from transformer.config import Settings
 from transformer.metrics import DECODE_SECONDS
@@ -144,9 +145,14 @@ class ImageModel(TritonModel):
     async def _prepare(self, source: bytes | CodedError) -> np.ndarray | CodedError:
         if isinstance(source, CodedError):
             return source
-        return await asyncio.get_running_loop().run_in_executor(
-            self.executor, prepare, source, self.preparation, self.settings, self.name
-        )
+        started = time.perf_counter()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self.executor, prepare, source, self.preparation, self.settings, self.name
+            )
+        finally:
+            # Wall time from here, waiting for a decode thread included.
+            request_log.add_stage("decode", time.perf_counter() - started)
 
     async def predict(
         self, batch: Batch, headers: dict | None = None, response_headers: dict | None = None

@@ -12,6 +12,7 @@ from http import HTTPStatus
 from prometheus_client import Counter
 
 from preprocessing.errors import CodedError
+from transformer import request_log
 from transformer.errors import RequestRejected, UpstreamError, as_dict, status_of
 
 ITEM_ERRORS = Counter(
@@ -26,6 +27,9 @@ def respond(model: str, predictions: list[dict], results: list[object]) -> dict:
     errors = [r for r in results if isinstance(r, CodedError)]
     for error in errors:
         ITEM_ERRORS.labels(model=model, code=error.code).inc()
+    if record := request_log.current():
+        record.model, record.items = model, len(results)
+        record.errors.update(error.code for error in errors)
     if errors and len(errors) == len(results):
         upstream = [e for e in errors if status_of(e) >= 500]
         if upstream:

@@ -18,6 +18,7 @@ from kserve import InferInput, InferRequest
 from kserve.inference_client import InferenceGRPCClient
 
 from preprocessing.specs import ModelSpec
+from transformer import request_log
 from transformer.errors import UpstreamError
 from transformer.metrics import TRITON_BATCH, TRITON_SECONDS
 
@@ -95,16 +96,15 @@ async def _infer(
 ) -> tuple[np.ndarray, str]:
     tensor = InferInput(spec.input_name, list(chunk.shape), "UINT8")
     tensor.set_data_from_numpy(np.ascontiguousarray(chunk), binary_data=True)
-    request = InferRequest(model_name=spec.name, infer_inputs=[tensor])
+    request = InferRequest(
+        model_name=spec.name, infer_inputs=[tensor], request_id=request_log.request_id()
+    )
     TRITON_BATCH.labels(model=spec.name).observe(len(chunk))
-    started = time.perf_counter()
+    started, outcome = time.perf_counter(), "ok"
     try:
         response = await client.infer(request, timeout=timeout_s)
-        TRITON_SECONDS.labels(model=spec.name, outcome="ok").observe(time.perf_counter() - started)
     except grpc.aio.AioRpcError as exc:
-        TRITON_SECONDS.labels(model=spec.name, outcome=exc.code().name.lower()).observe(
-            time.perf_counter() - started
-        )
+        outcome = exc.code().name.lower()
         status = _STATUS_BY_CODE.get(exc.code(), HTTPStatus.BAD_GATEWAY)
         log.warning("Triton %s: %s: %s", spec.name, exc.code().name, exc.details())
         raise UpstreamError(
@@ -112,6 +112,10 @@ async def _infer(
             f"Triton model {spec.name!r} failed: {exc.code().name}: {exc.details()}",
             retry_after=RETRY_AFTER_S if status == HTTPStatus.SERVICE_UNAVAILABLE else None,
         ) from None
+    finally:
+        elapsed = time.perf_counter() - started
+        TRITON_SECONDS.labels(model=spec.name, outcome=outcome).observe(elapsed)
+        request_log.add_stage("triton", elapsed)
     output = next((o for o in response.outputs if o.name == spec.output_name), None)
     if output is None:
         raise UpstreamError(
