@@ -77,11 +77,7 @@ class Source:
 
     def spec(self) -> dict[str, Any]:
         if self.titles_file:
-            # The content too: a resumed job reads on from a byte offset, which means
-            # nothing in a file edited since.
-            with self.titles_file.open("rb") as handle:
-                digest = hashlib.file_digest(handle, "sha256").hexdigest()
-            return {"titles": str(self.titles_file.resolve()), "sha256": digest}
+            return {"titles": str(self.titles_file.resolve())}
         if self.category:
             return {"category": enumerate_.category_title(self.category), "depth": self.depth}
         assert self.uploads
@@ -119,7 +115,13 @@ class Config:
 
     def spec(self) -> dict[str, Any]:
         """What makes the job: a saved job with another spec is not this one."""
-        return {**self.source.spec(), "model": self.model, "shard": list(self.shard)}
+        spec = {**self.source.spec(), "model": self.model, "shard": list(self.shard)}
+        if self.source.titles_file:
+            # The content too: a resumed job reads on from a byte offset, which means
+            # nothing in a file edited since.
+            with self.source.titles_file.open("rb") as handle:
+                spec["sha256"] = hashlib.file_digest(handle, "sha256").hexdigest()
+        return spec
 
 
 def in_shard(title: str, shard: tuple[int, int]) -> bool:

