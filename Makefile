@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 REPOSITORY_STAMP := build/.model_repository.stamp
 
-.PHONY: venv postgres models serve test loadtest soak bench gpu-bench clean distclean
+.PHONY: venv postgres prometheus chromium review models serve test loadtest soak bench gpu-bench clean distclean
 
 venv: $(STAMP)
 $(STAMP): requirements.txt pyproject.toml
@@ -26,6 +26,21 @@ postgres:
 		DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq postgresql >/dev/null; \
 	fi
 
+# promtool, from Debian's prometheus package, checks and unit-tests the chart's alerting rules.
+prometheus:
+	@if ! command -v promtool >/dev/null; then \
+		$(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	fi
+
+# Headless Chromium and its WebDriver from Debian for the review page's browser test: Selenium
+# is pointed at /usr/bin/chromedriver, so nothing is downloaded from a browser hub.
+chromium:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+		$(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	fi
+
 include training/logo/logo.mk
 include charts/helm.mk
 
@@ -40,7 +55,11 @@ $(REPOSITORY_STAMP): build/logo/model.onnx build/nsfw/model.onnx preprocessing/s
 serve: models
 	$(PY) -m stack
 
-test: models $(HELM) postgres
+# The moderators' review page (README "Review page"); not part of the inference path.
+review: venv
+	$(PY) -m review
+
+test: models $(HELM) postgres prometheus chromium
 	$(PY) -m pytest
 
 # `make loadtest` starts its own stack (and fake Commons); `make loadtest URL=http://host:8080`
@@ -56,6 +75,14 @@ soak: models
 bench: models
 	$(PY) -m loadtests.bench $(BENCH_ARGS)
 	$(PY) -m loadtests.bench_store
+
+# `make quality-report`: precision and recall at the moderation policy's thresholds from the
+# reviewers' verdicts in the score store (DATABASE_URL) into build/quality-report.
+# SEED=1 instead seeds a store of its own with the logo test split's scores and true labels
+# (needs `make models`) and reports on that, into build/quality-report/seeded.
+.PHONY: quality-report
+quality-report: venv
+	$(if $(SEED),$(PY) -m devtools.seed_verdicts,$(PY) -m moderation report $(QUALITY_REPORT_ARGS))
 
 # `make gpu-bench`: bundle the models, images and wheels a GPU machine needs (≤ 64 MiB), then
 # benchmark with GPU_PYTHON (an interpreter with CUDA PyTorch). DRY_RUN=1: CPU, seconds,

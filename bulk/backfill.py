@@ -23,7 +23,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -44,6 +44,7 @@ from bulk.service import (
     ServiceError,
     records,
 )
+from moderation.policy import Policy, load_policy
 from store import JobLog, ScoreStore, StoreError, open_store
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,8 @@ class Config:
     retry_errors: bool = False
     user_agent: str = USER_AGENT
     page_size: int = enumerate_.PAGE_SIZE
+    # Decides each stored result's review state, as the service's own writes do.
+    policy: Policy = field(default_factory=load_policy)
 
     def spec(self) -> dict[str, Any]:
         """What makes the job: a saved job with another spec is not this one."""
@@ -278,12 +281,12 @@ class Backfill:
         await asyncio.wait({recording})
 
     async def _record(self, store: ScoreStore, outputs: Outputs, outcomes: list[Outcome]) -> None:
-        model = self.config.model
+        model, policy = self.config.model, self.config.policy
 
         def write() -> None:
-            store.put(records(outcomes, model, cached=False))
+            store.put(records(outcomes, model, cached=False, policy=policy))
             # Scores the service already had: kept as first stored, with this title added.
-            store.put(records(outcomes, model, cached=True), replace=False)
+            store.put(records(outcomes, model, cached=True, policy=policy), replace=False)
             self._log.finish(
                 done=[(o.title, o.sha1) for o in outcomes if o.ok],
                 errors=[(o.title, o.code or "", o.message or "") for o in outcomes if not o.ok],
@@ -391,6 +394,9 @@ def backfill(
     page_size: int = typer.Option(
         enumerate_.PAGE_SIZE, min=1, max=enumerate_.PAGE_SIZE, hidden=True
     ),
+    policy: Path | None = typer.Option(
+        None, envvar="MODERATION_POLICY", help="Moderation policy file (default: the packaged one)."
+    ),
 ) -> None:
     """Score every file of a title list, a category tree or a range of uploads into the
     score store; the same command again resumes where it stopped."""
@@ -406,6 +412,10 @@ def backfill(
         uploads=(_iso(uploads_from), _iso(uploads_to)) if uploads_from and uploads_to else None,
     )
     parsed_shard = _shard(shard)
+    try:
+        moderation = load_policy(policy)
+    except ValueError as exc:
+        _usage(str(exc))
     config = Config(
         source=source,
         model=model.value,
@@ -421,6 +431,7 @@ def backfill(
         retry_errors=retry_errors,
         user_agent=user_agent,
         page_size=page_size,
+        policy=moderation,
     )
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     with logging_redirect_tqdm():

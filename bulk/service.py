@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 
 from bulk.retry import pause, retry_after
+from moderation.policy import Policy
 from preprocessing.specs import SPECS
 from store import Key, Record
 from store.scores import check_sha1
@@ -171,10 +172,13 @@ class ScoringService:
         return Outcome(title, sha1, scores, None, None, version, bool(item.get("cached")))
 
 
-def records(outcomes: Iterable[Outcome], model: str, *, cached: bool) -> list[Record]:
-    """The scored outcomes with a SHA-1 and a model version, as score-store records: those
-    the service answered from its store (``cached``) or those it scored now. Titles that
-    are one file (duplicates, redirects) make one record with all their titles."""
+def records(
+    outcomes: Iterable[Outcome], model: str, *, cached: bool, policy: Policy
+) -> list[Record]:
+    """The scored outcomes with a SHA-1 and a model version, as score-store records with
+    ``policy``'s decision: those the service answered from its store (``cached``) or those
+    it scored now. Titles that are one file (duplicates, redirects) make one record with
+    all their titles."""
     by_key: dict[Key, Outcome] = {}
     titles: dict[Key, list[str]] = {}
     for outcome in outcomes:
@@ -189,7 +193,9 @@ def records(outcomes: Iterable[Outcome], model: str, *, cached: bool) -> list[Re
             by_key.setdefault(key, outcome)
             titles.setdefault(key, []).append(outcome.title)
     return [
-        Record(key, dict(outcome.scores or {}), titles=tuple(dict.fromkeys(titles[key])))
+        policy.stamp(
+            Record(key, dict(outcome.scores or {}), titles=tuple(dict.fromkeys(titles[key])))
+        )
         for key, outcome in by_key.items()
     ]
 

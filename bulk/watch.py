@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from functools import partial
+from pathlib import Path
 from typing import NoReturn, TypeVar
 
 import typer
@@ -51,6 +52,7 @@ from bulk.service import (
     ServiceUnavailable,
     records,
 )
+from moderation.policy import Policy, load_policy
 from store import Record, StoreError, WatchState, open_store
 
 log = logging.getLogger(__name__)
@@ -111,8 +113,11 @@ class Watcher:
         score_every_s: float = SCORE_EVERY_S,
         retry_hold_s: float = RETRY_HOLD_S,
         stop_grace_s: float = STOP_GRACE_S,
+        policy: Policy | None = None,
     ) -> None:
+        """``policy`` decides each stored result's review state (the packaged one if None)."""
         self.counts = Counts()
+        self._policy = load_policy() if policy is None else policy
         self._source = source
         self._state = state
         self._services = services
@@ -237,8 +242,8 @@ class Watcher:
             if not todo:
                 break
             outcomes = await service.score(todo)
-            found += records(outcomes, service.model, cached=False)
-            known += records(outcomes, service.model, cached=True)
+            found += records(outcomes, service.model, cached=False, policy=self._policy)
+            known += records(outcomes, service.model, cached=True, policy=self._policy)
             for outcome in outcomes:
                 if outcome.ok:
                     scored.add(outcome.title)
@@ -314,6 +319,9 @@ def watch(
     ),
     idle: str = typer.Option("10s", help="With --once: how long without uploads ends reading."),
     user_agent: str = typer.Option(USER_AGENT, help="User-Agent for EventStreams and the service."),
+    policy: Path | None = typer.Option(
+        None, envvar="MODERATION_POLICY", help="Moderation policy file (default: the packaged one)."
+    ),
 ) -> None:
     """Queue new uploads as they are announced and score each with every model once it is
     --delay old; started again, it resumes where it stopped."""
@@ -328,6 +336,10 @@ def watch(
     if any("=" not in item for item in kafka_setting):
         _usage("--kafka-setting takes KEY=VALUE")
     settings = dict(item.partition("=")[::2] for item in kafka_setting)
+    try:
+        moderation = load_policy(policy)
+    except ValueError as exc:
+        _usage(str(exc))
     if since is not None and not since.isdigit():
         try:
             datetime.fromisoformat(since)
@@ -356,7 +368,12 @@ def watch(
                 for m in dict.fromkeys(model)
             ]
             watcher = Watcher(
-                events, WatchState(store, events.name), services, delay=wait, batch=batch
+                events,
+                WatchState(store, events.name),
+                services,
+                delay=wait,
+                batch=batch,
+                policy=moderation,
             )
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGINT, signal.SIGTERM):

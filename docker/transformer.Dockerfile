@@ -6,14 +6,15 @@
 FROM python:3.11.11-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY requirements.txt /tmp/requirements.txt
-# The serving path's and the bulk clients' packages only, at the lock's versions (the lock
+# The serving path's, the bulk clients', the review page's and the moderation CLI's packages only, at the lock's versions (the lock
 # also holds torch and the training tools, which never run here). Wheels only: nothing is compiled.
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install --only-binary=:all: --constraint /tmp/requirements.txt \
       kserve pillow httpx pydantic pydantic-settings numpy \
       av scenedetect-headless opencv-python-headless \
       sqlalchemy alembic "psycopg[binary]" \
-      typer tqdm httpx-sse confluent-kafka
+      typer tqdm httpx-sse confluent-kafka \
+      pyyaml jinja2 itsdangerous python-multipart matplotlib
 
 FROM python:3.11.11-slim-bookworm
 RUN useradd --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
@@ -26,6 +27,10 @@ COPY preprocessing/ preprocessing/
 # The score store, and its bulk clients (python -m bulk.backfill, python -m bulk.watch).
 COPY store/ store/
 COPY bulk/ bulk/
+# Review states (every stored result carries one), the review page (python -m review) and
+# the moderation CLI (python -m moderation).
+COPY moderation/ moderation/
+COPY review/ review/
 # Bytecode is not written: the chart mounts the root filesystem read-only.
 # A pod serves on all its interfaces; `make serve` keeps the default, loopback.
 ENV PATH=/opt/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 TRANSFORMER_HOST=0.0.0.0

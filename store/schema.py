@@ -15,6 +15,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     Dialect,
+    Float,
     Index,
     Integer,
     MetaData,
@@ -26,6 +27,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 SHA1_LENGTH = 40
 TITLE_LENGTH = 512
+MODEL_LENGTH = 64
+STATE_LENGTH = 16
+REVIEWER_LENGTH = 128
 
 
 def utc(value: datetime) -> datetime:
@@ -65,18 +69,42 @@ class Base(DeclarativeBase):
 
 
 class Score(Base):
-    """One model version's scores for one file's bytes."""
+    """One model version's scores for one file's bytes, and the moderation policy's
+    decision on them (NULL until a policy has decided)."""
 
     __tablename__ = "scores"
+    # The review queue: rows in a given state, per model.
+    __table_args__ = (Index(None, "state", "model"),)
 
     sha1: Mapped[str] = mapped_column(String(SHA1_LENGTH), primary_key=True)
-    model: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(String(MODEL_LENGTH), primary_key=True)
     model_version: Mapped[str] = mapped_column(String(64), primary_key=True)
     scores: Mapped[dict[str, float]] = mapped_column(JSON)
     mime: Mapped[str | None] = mapped_column(String(255))
     size: Mapped[int | None] = mapped_column(BigInteger)
     video: Mapped[dict[str, Any] | None] = mapped_column(NullableJSON)
     scored_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    state: Mapped[str | None] = mapped_column(String(STATE_LENGTH))
+    reason: Mapped[str | None] = mapped_column(Text)
+    policy_version: Mapped[str | None] = mapped_column(String(64))
+    # The score the policy read (a label's score, or a video's maximum): the queue's order.
+    policy_score: Mapped[float | None] = mapped_column(Float)
+
+
+class ReviewVerdict(Base):
+    """A reviewer's verdict on a file for one model: append-only, the latest one counts.
+    About the file, not a model version, so it outlives re-scoring and policy changes."""
+
+    __tablename__ = "verdicts"
+    __table_args__ = (Index(None, "sha1", "model"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sha1: Mapped[str] = mapped_column(String(SHA1_LENGTH))
+    model: Mapped[str] = mapped_column(String(MODEL_LENGTH))
+    verdict: Mapped[str] = mapped_column(String(16))
+    reviewer: Mapped[str] = mapped_column(String(REVIEWER_LENGTH))
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    note: Mapped[str | None] = mapped_column(Text)
 
 
 class Title(Base):

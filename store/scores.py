@@ -63,6 +63,12 @@ class Record:
     video: dict[str, Any] | None = None
     scored_at: datetime | None = None
     titles: tuple[str, ...] = ()
+    # The moderation policy's decision on these scores (``moderation.policy``), when one
+    # was made: the state, why, which policy version, and the score it read.
+    state: str | None = None
+    reason: str | None = None
+    policy_version: str | None = None
+    policy_score: float | None = None
 
 
 def chunks(items: Iterable[_T], size: int = CHUNK) -> Iterator[list[_T]]:
@@ -186,6 +192,10 @@ class ScoreStore:
                 video=row.video,
                 scored_at=row.scored_at,
                 titles=tuple(titles.get(row.sha1, ())),
+                state=row.state,
+                reason=row.reason,
+                policy_version=row.policy_version,
+                policy_score=row.policy_score,
             )
         return records
 
@@ -193,7 +203,9 @@ class ScoreStore:
         """Upsert ``records`` in one transaction.
 
         A stored row takes the new scores, scored_at and video, but keeps its mime, size
-        and video where the new record has None; titles add to those already seen. With
+        and video where the new record has None; titles add to those already seen. The
+        decision (state, reason, policy version and score) always comes with the new
+        scores, None included: one made on the old scores no longer applies. With
         ``replace=False`` a stored row is left as it is (scores someone else already had
         scored: their time scored stays theirs) and only its titles are added.
         """
@@ -213,6 +225,10 @@ class ScoreStore:
                 "size": r.size,
                 "video": r.video,
                 "scored_at": now if r.scored_at is None else utc(r.scored_at),
+                "state": r.state,
+                "reason": r.reason,
+                "policy_version": r.policy_version,
+                "policy_score": r.policy_score,
             }
             for r in (latest[key] for key in sorted(latest, key=_key_order))
         ]
@@ -234,6 +250,10 @@ class ScoreStore:
                             "mime": func.coalesce(insert.excluded.mime, table.mime),
                             "size": func.coalesce(insert.excluded.size, table.size),
                             "video": func.coalesce(insert.excluded.video, table.video),
+                            "state": insert.excluded.state,
+                            "reason": insert.excluded.reason,
+                            "policy_version": insert.excluded.policy_version,
+                            "policy_score": insert.excluded.policy_score,
                         },
                     )
                 )

@@ -37,6 +37,12 @@ def test_readiness(client: httpx.Client) -> None:
         assert response.json() == {"name": name, "ready": True}
 
 
+def test_liveness_on_every_route_kserve_serves(client: httpx.Client) -> None:
+    assert client.get("/").json() == {"status": "alive"}
+    assert client.get("/v2/health/live").json() == {"live": True}
+    assert client.get("/v2/health/ready").json() == {"ready": True}
+
+
 def test_lift_wing_request_shape(client: httpx.Client, jpeg: bytes) -> None:
     body = {"instances": [{"filename": "Kanion_Co.png", "image": b64(jpeg), "target": "logo"}]}
     response = client.post(LOGO, json=body)

@@ -29,6 +29,7 @@ from bulk.backfill import app, in_shard
 from bulk.service import Outcome, ScoringService, ServiceError, ServiceUnavailable, records
 from devtools.fake_commons import FakeCommons, image_bytes
 from devtools.local_server import LocalServer
+from moderation.policy import load_policy
 from store import Key, open_store
 from transformer.errors import STATUS_BY_CODE
 
@@ -210,10 +211,12 @@ def test_records_merge_titles_of_one_file_and_skip_what_has_no_scores() -> None:
         Outcome("File:No version.jpg", "c" * 40, scores, None, None, ""),
         Outcome("File:Gone.jpg", None, None, "file_not_found", "gone", "3"),
     ]
-    (record,) = records(outcomes, "logo-detection", cached=False)
+    policy = load_policy()
+    (record,) = records(outcomes, "logo-detection", cached=False, policy=policy)
     assert record.key == Key(sha1, "logo-detection", "3") and record.scores == scores
     assert record.titles == ("File:One.jpg", "File:Same file.jpg")
-    (known,) = records(outcomes, "logo-detection", cached=True)
+    assert (record.state, record.policy_version) == ("needs_review", policy.version)
+    (known,) = records(outcomes, "logo-detection", cached=True, policy=policy)
     assert known.key.sha1 == other and known.titles == ("File:Stored.jpg",)
 
 
@@ -257,6 +260,8 @@ def test_titles_file_scores_every_title_once_into_store_and_outputs(
         store.dispose()
     (record,) = stored.values()
     assert record.scores == alpha["scores"] and record.titles == ("File:Alpha.jpg",)
+    # Decided by the packaged policy, as the service's own writes are.
+    assert record.policy_version == load_policy().version and record.state in ("needs_review", "ok")
 
     report = json.loads(summary.read_text())
     assert report["done"] == 3 and report["errors"] == 1 and report["pending"] == 0

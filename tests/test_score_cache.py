@@ -16,9 +16,11 @@ import pytest
 
 from devtools import images
 from devtools.fake_commons import FakeCommons
+from moderation.policy import load_policy
 from stack import Stack, free_port
 from stack.launcher import commons_environment
-from store import Key, open_store
+from store import Key, Record, open_store
+from transformer.config import Settings
 from transformer.score_cache import ScoreCache
 
 LOGO = "/v1/models/logo-detection:predict"
@@ -155,6 +157,9 @@ def test_a_fully_cached_request_of_50_titles_needs_one_api_call(
     assert stored.titles == (f"File:{many_files[3]}",)
     assert stored.mime == "image/png" and stored.size and stored.scored_at is not None
     assert stored.scores["nsfw"] == pytest.approx(predictions[3]["prediction"])
+    # Written with the packaged policy's decision on those scores.
+    assert (stored.state, stored.reason) == load_policy().decide("nsfw-detection", stored.scores)
+    assert stored.policy_version == load_policy().version
 
 
 def test_a_video_report_is_stored_per_scoring_variant(
@@ -231,3 +236,33 @@ async def test_a_slow_store_is_abandoned_then_left_alone() -> None:
     assert Slow.calls == 1, "the store was called again while resting"
     await asyncio.sleep(0.5)
     cache.close()
+
+
+async def test_new_scores_are_stored_with_the_policys_decision(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/scores.sqlite3"
+    policy = load_policy()
+    cache = ScoreCache(lambda: open_store(url), timeout_s=5, retry_s=0, max_pending_writes=4,
+                       policy=policy)
+    flagged = Record(Key("b" * 40, "nsfw-detection", "1"), {"nsfw": 0.99, "sfw": 0.01})
+    fine = Record(Key("c" * 40, "logo-detection", "2"), {"logo": 0.1, "out_of_domain": 0.9})
+    cache.remember([flagged, fine])
+    store = open_store(url)
+    try:
+        deadline = time.monotonic() + 5
+        while len(got := store.get([flagged.key, fine.key])) < 2:
+            assert time.monotonic() < deadline, "the scores never reached the store"
+            await asyncio.sleep(0.05)
+    finally:
+        store.dispose()
+        cache.close()
+    assert got[flagged.key].state == "withhold_all" and got[fine.key].state == "ok"
+    assert {r.policy_version for r in got.values()} == {policy.version}
+    assert got[flagged.key].reason == policy.decide("nsfw-detection", flagged.scores).reason
+
+
+def test_a_bad_moderation_policy_stops_the_start(tmp_path: Path) -> None:
+    bad = tmp_path / "policy.yaml"
+    bad.write_text("version: '1'\nmodels:\n  nsfw-detection: {label: nsfw}\n")
+    settings = Settings(moderation_policy=str(bad), database_url=f"sqlite:///{tmp_path}/s.db")
+    with pytest.raises(ValueError, match="models.nsfw-detection.thresholds: Field required"):
+        ScoreCache.from_settings(settings)

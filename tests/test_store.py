@@ -32,6 +32,7 @@ TABLES = {
     "backfill_items",
     "watch_positions",
     "watch_pending",
+    "verdicts",
 }
 
 

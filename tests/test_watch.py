@@ -39,6 +39,7 @@ from bulk.service import RETRYABLE_CODES, ScoringService
 from bulk.watch import MODELS, Watcher, app, parse_duration
 from devtools.fake_events import FakeEventStreams, page_create
 from devtools.local_server import LocalServer
+from moderation.policy import load_policy
 from store import Key, ScoreStore, WatchState, open_store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -172,6 +173,7 @@ def stored(store: ScoreStore, title: str, model: str) -> tuple[dict[str, float],
     key = Key(sha1(title), model, VERSION)
     record = store.get([key]).get(key)
     assert record is not None, f"no {model} scores for {title}"
+    assert record.policy_version == load_policy().version and record.state is not None
     return record.scores, record.titles
 
 

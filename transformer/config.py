@@ -9,6 +9,8 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from moderation.policy import DEFAULT_POLICY
+
 DEFAULT_USER_AGENT = (
     "commons-moderation-inference/0.1 "
     "(https://wikitech.wikimedia.org/wiki/Machine_Learning/LiftWing; ml@wikimedia.org) httpx"
@@ -87,6 +89,9 @@ class Settings(BaseSettings):
     score_store_timeout_s: float = Field(1.0, gt=0)
     score_store_retry_s: float = Field(10.0, ge=0)
     score_store_max_pending_writes: int = Field(256, ge=1)
+    # The moderation policy (moderation/policy.yaml's format) whose decision every stored
+    # result carries; read once at start, a bad file stops the start.
+    moderation_policy: str = str(DEFAULT_POLICY)
 
 
 def load_settings() -> Settings:

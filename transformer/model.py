@@ -44,12 +44,14 @@ from transformer.triton_model import TritonModel
 @dataclass
 class Batch:
     """One request in flight: its instances and, per instance, its source, its store key,
-    and its result: a tensor, then scores; a stored record; or an error."""
+    and its result: a tensor, then scores; a stored record; or an error. ``debug``: the
+    answer carries the stage timings."""
 
     instances: list[Instance]
     sources: list[Source]
     keys: list[Key | None]
     results: list[np.ndarray | Record | CodedError] = field(default_factory=list)
+    debug: bool = False
 
 
 def prepare(
@@ -96,12 +98,13 @@ class ImageModel(TritonModel):
     async def preprocess(self, payload: dict | bytes, headers: dict | None = None) -> Batch:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.request_deadline_s
-        instances = await parse_request_in(
+        request = await parse_request_in(
             self.parser,
             payload,
             max_instances=self.settings.max_instances,
             max_bytes=self.settings.max_image_bytes,
         )
+        instances = request.instances
         sources = await resolve_all(instances, self.commons, deadline=deadline)
         # Hashing inline bytes is CPU work for a thread; names' keys are ready at once.
         if any(isinstance(source, bytes) for source in sources):
@@ -117,7 +120,7 @@ class ImageModel(TritonModel):
             self._fetch_and_prepare(source, deadline) if record is None else known(record)
             for source, record in zip(sources, stored, strict=True)
         )
-        return Batch(instances, sources, keys, results)
+        return Batch(instances, sources, keys, results, debug=request.debug)
 
     def _keys(self, sources: list[Source]) -> list[Key | None]:
         """Store keys: Commons' SHA-1 for looked-up files, the bytes' own for inline data.
@@ -208,7 +211,7 @@ class ImageModel(TritonModel):
             self._prediction(i, r, k)
             for i, r, k in zip(batch.instances, batch.results, batch.keys, strict=True)
         ]
-        return respond(self.name, predictions, batch.results)
+        return respond(self.name, predictions, batch.results, debug=batch.debug)
 
     def _prediction(
         self, instance: Instance, result: np.ndarray | Record | CodedError, key: Key | None

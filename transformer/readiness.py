@@ -39,6 +39,18 @@ class _Known:
     at: float
 
 
+class LiveResponse(JSONResponse):
+    """KServe serves ``live()``'s answer as it is on ``GET /`` (so a 503 must be a response),
+    while its ``/v2/health/live`` and gRPC ``ServerLive`` read ``answer["status"]``."""
+
+    def __init__(self, content: dict[str, str], status_code: int = HTTPStatus.OK) -> None:
+        super().__init__(content, status_code=status_code)
+        self._content = content
+
+    def __getitem__(self, key: str) -> str:
+        return self._content[key]
+
+
 class TritonModelReadiness(DataPlane):
     def __init__(self, *args: object, expected: Collection[str] = (), **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
@@ -54,18 +66,18 @@ class TritonModelReadiness(DataPlane):
             self._inference_grpc_client = triton_client(self.predictor_config.predictor_host)
         return self._inference_grpc_client
 
-    async def live(self) -> JSONResponse:  # type: ignore[override]
+    async def live(self) -> LiveResponse:  # type: ignore[override]
         missing = [
             name
             for name in self.expected
             if (model := self.model_registry.get_model(name)) is None or not model.ready
         ]
         if missing:
-            return JSONResponse(
+            return LiveResponse(
                 {"status": "not alive", "error": f"models not loaded: {', '.join(missing)}"},
                 status_code=HTTPStatus.SERVICE_UNAVAILABLE,
             )
-        return JSONResponse({"status": "alive"})
+        return LiveResponse({"status": "alive"})
 
     async def model_ready(
         self, model_name: str, disable_predictor_health_check: bool = False

@@ -1,7 +1,8 @@
 """Request body → validated instances (the Lift Wing v1 request shape).
 
 Problems with the request as a whole raise `BadRequest` (HTTP 400). Problems with one
-instance become that instance's ``ItemError`` so the others are still scored.
+instance become that instance's ``ItemError`` so the others are still scored. A request may
+ask for its stage timings in the answer with ``"debug": true``.
 
 Parsing runs in a worker thread, but orjson and base64 hold the GIL while they work, so
 a thread alone does not keep the event loop free: a 60 MB body of ``[{},{},…]`` takes
@@ -41,16 +42,25 @@ class Instance:
     error: ItemError | None = None
 
 
+@dataclass(frozen=True)
+class ParsedRequest:
+    instances: list[Instance]
+    debug: bool = False
+
+
 def parse_request(
     payload: dict | bytes, *, max_instances: int, max_bytes: int, media_key: str = "image"
-) -> list[Instance]:
+) -> ParsedRequest:
     body = parse_body(payload, max_instances=max_instances)
-    instances = body["instances"]
-    return [_parse_instance(i, raw, max_bytes, media_key) for i, raw in enumerate(instances)]
+    instances = [
+        _parse_instance(i, raw, max_bytes, media_key) for i, raw in enumerate(body["instances"])
+    ]
+    return ParsedRequest(instances, debug=body.get("debug", False))
 
 
 def parse_body(payload: dict | bytes, *, max_instances: int) -> dict:
-    """The request's JSON object, with an ``instances`` list of 1..``max_instances``."""
+    """The request's JSON object, with an ``instances`` list of 1..``max_instances`` and,
+    if present, a boolean ``debug``."""
     body = _as_json(payload, max_tokens=_TOKENS_PER_REQUEST + _TOKENS_PER_INSTANCE * max_instances)
     if not isinstance(body, dict) or "instances" not in body:
         raise BadRequest('the request must be a JSON object with an "instances" list')
@@ -63,12 +73,24 @@ def parse_body(payload: dict | bytes, *, max_instances: int) -> dict:
         raise BadRequest(
             f"too many instances: {len(instances)} > {max_instances} per request; split the batch"
         )
+    debug = body.get("debug", False)
+    if not isinstance(debug, bool):
+        raise BadRequest(f'"debug" must be true or false, not {_json_type(debug)}')
     return body
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, (int, float)):
+        return "a number"
+    names = {str: "a string", list: "an array", dict: "an object"}
+    return names.get(type(value), type(value).__name__)
 
 
 async def parse_request_in(
     executor: Executor, payload: dict | bytes, **options: object
-) -> list[Instance]:
+) -> ParsedRequest:
     """``parse_request`` in ``executor``: base64-decoding a 64 MB body takes ~0.1 s, too long
     to hold the event loop."""
     return await asyncio.get_running_loop().run_in_executor(

@@ -4,6 +4,7 @@ Triton as the inference request id), and one JSON log line per predict request.
 The gate opens a `RequestRecord` for each request; code below it adds what it learns
 (the model, item count, item error codes, time per stage) to the current record through a
 context variable, so no signature carries it. Bytes, titles and bodies are never logged.
+A request that asks for ``debug`` gets the same timings, so far, in its answer.
 """
 
 from __future__ import annotations
@@ -34,6 +35,20 @@ class RequestRecord:
     errors: Counter[str] = field(default_factory=Counter)
     stages_s: dict[str, float] = field(default_factory=dict)
 
+    def elapsed_ms(self) -> float:
+        return round((time.perf_counter() - self.started) * 1000, 1)
+
+    def stages_ms(self) -> dict[str, float]:
+        return {k: round(v * 1000, 1) for k, v in sorted(self.stages_s.items())}
+
+    def timings(self) -> dict[str, object]:
+        """The ``debug`` object of an answer: the request's stages and time so far."""
+        return {
+            "request_id": self.request_id,
+            "stages_ms": self.stages_ms(),
+            "total_ms": self.elapsed_ms(),
+        }
+
     def line(self, status: int | None) -> str:
         """The log line; ``status`` None when no answer was sent (the client went away)."""
         fields = {
@@ -41,12 +56,11 @@ class RequestRecord:
             "method": self.method,
             "path": self.path,
             "status": status,
-            "duration_ms": round((time.perf_counter() - self.started) * 1000, 1),
+            "duration_ms": self.elapsed_ms(),
             "model": self.model,
             "items": self.items,
             "item_errors": dict(self.errors) or None,
-            "stages_ms": {k: round(v * 1000, 1) for k, v in sorted(self.stages_s.items())}
-            or None,
+            "stages_ms": self.stages_ms() or None,
         }
         return json.dumps({k: v for k, v in fields.items() if v is not None})
 

@@ -2,7 +2,8 @@
 
 Shared by the image and video models so that the rule is written once: a response is 200
 when at least one instance was scored; when none was, 502/503/504 if Commons failed us,
-else 400 naming the client's problem. ``predictions`` lists every item either way.
+else 400 naming the client's problem. ``predictions`` lists every item either way. A 200
+answer to a request that asked for ``debug`` adds the request's stage timings.
 """
 
 from __future__ import annotations
@@ -23,11 +24,14 @@ MODEL_VERSION_HEADER = "x-model-version"
 RETRY_AFTER_S = 1.0
 
 
-def respond(model: str, predictions: list[dict], results: list[object]) -> dict:
+def respond(
+    model: str, predictions: list[dict], results: list[object], *, debug: bool = False
+) -> dict:
     errors = [r for r in results if isinstance(r, CodedError)]
     for error in errors:
         ITEM_ERRORS.labels(model=model, code=error.code).inc()
-    if record := request_log.current():
+    record = request_log.current()
+    if record:
         record.model, record.items = model, len(results)
         record.errors.update(error.code for error in errors)
     if errors and len(errors) == len(results):
@@ -43,6 +47,8 @@ def respond(model: str, predictions: list[dict], results: list[object]) -> dict:
             else f"none of the {len(errors)} instances could be scored; see predictions[].error"
         )
         raise RequestRejected(summary, predictions)
+    if debug and record:
+        return {"predictions": predictions, "debug": record.timings()}
     return {"predictions": predictions}
 
 

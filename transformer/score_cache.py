@@ -9,6 +9,7 @@ with a timeout (lookups and writes in separate pools, so writes never delay look
 an operation that fails or is slow is bypassed, counted, and left alone for
 ``SCORE_STORE_RETRY_S`` so that requests do not queue behind its timeouts. Writes run in
 the background once Triton has answered, at most ``SCORE_STORE_MAX_PENDING_WRITES`` at once.
+Each result is written with the moderation policy's decision on it (``MODERATION_POLICY``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import TypeVar
 
 from prometheus_client import Counter
 
+from moderation.policy import Policy, load_policy
 from store import Key, Record, ScoreStore, StoreError, open_store
 from transformer.config import Settings
 
@@ -61,10 +63,12 @@ class ScoreCache:
         retry_s: float,
         max_pending_writes: int,
         threads: int = 2,
+        policy: Policy | None = None,
     ) -> None:
         """``opener`` opens (and migrates) the store; it is called in a thread, again after
-        ``retry_s`` if it failed."""
+        ``retry_s`` if it failed. ``policy`` decides the state written with new scores."""
         self._opener = opener
+        self.policy = policy
         self._store: ScoreStore | None = None
         self._opening = threading.Lock()
         self.timeout_s = timeout_s
@@ -82,6 +86,7 @@ class ScoreCache:
         if not settings.score_store:
             return None
         url, timeout_s = settings.database_url, settings.score_store_timeout_s
+        policy = load_policy(settings.moderation_policy)
         return cls(
             lambda: open_store(
                 url, migrate=settings.score_store_migrate, statement_timeout_s=timeout_s
@@ -89,6 +94,7 @@ class ScoreCache:
             timeout_s=timeout_s,
             retry_s=settings.score_store_retry_s,
             max_pending_writes=settings.score_store_max_pending_writes,
+            policy=policy,
         )
 
     async def lookup(
@@ -115,9 +121,11 @@ class ScoreCache:
             BYPASSED.labels(operation="write", reason="too_many_pending").inc()
             return
 
+        policy = self.policy
+
         def write(store: ScoreStore) -> None:
             if records:
-                store.put(records)
+                store.put(records if policy is None else [policy.stamp(r) for r in records])
             if titles:
                 store.note_titles(titles)
 

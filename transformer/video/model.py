@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
+import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from functools import partial
@@ -30,6 +31,7 @@ import numpy as np
 from preprocessing.errors import CodedError
 from preprocessing.specs import NSFW
 from store import Key, Record
+from transformer import request_log
 from transformer.commons import CommonsClient, CommonsFile
 from transformer.config import Settings
 from transformer.errors import BadRequest, ItemError
@@ -53,7 +55,8 @@ _RENAMED_CODES = {"image_too_large": "video_too_large", "empty_image": "empty_vi
 
 @dataclass
 class VideoBatch:
-    """One request in flight: per instance its options, then its source, then its result."""
+    """One request in flight: per instance its options, then its source, then its result.
+    ``debug``: the answer carries the stage timings."""
 
     instances: list[Instance]
     options: list[ScoringOptions | ItemError]
@@ -61,6 +64,7 @@ class VideoBatch:
     keys: list[Key | None]
     deadline: float
     results: list[VideoReport | Record | CodedError] | None = None
+    debug: bool = False
 
 
 class VideoModel(TritonModel):
@@ -93,7 +97,7 @@ class VideoModel(TritonModel):
         body = await loop.run_in_executor(
             self.parser, partial(parse_body, payload, max_instances=max_instances)
         )
-        instances = await loop.run_in_executor(
+        request = await loop.run_in_executor(
             self.parser,
             partial(
                 parse_request,
@@ -110,12 +114,12 @@ class VideoModel(TritonModel):
             _options(raw, defaults, f"instances[{i}]") if isinstance(raw, dict) else defaults
             for i, raw in enumerate(body["instances"])
         ]
-        instances = [_renamed(inst) for inst in instances]
+        instances = [_renamed(inst) for inst in request.instances]
         sources = await resolve_all(instances, self.commons, deadline=deadline)
         keys = await loop.run_in_executor(
             self.parser, _keys, sources, options, self.limits.max_frames
         )
-        return VideoBatch(instances, options, sources, keys, deadline)
+        return VideoBatch(instances, options, sources, keys, deadline, debug=request.debug)
 
     async def predict(
         self, batch: VideoBatch, headers: dict | None = None, response_headers: dict | None = None
@@ -168,7 +172,7 @@ class VideoModel(TritonModel):
             self._prediction(i, r, k)
             for i, r, k in zip(batch.instances, results, batch.keys, strict=True)
         ]
-        return respond(self.name, predictions, results)
+        return respond(self.name, predictions, results, debug=batch.debug)
 
     async def _score(
         self,
@@ -199,14 +203,20 @@ class VideoModel(TritonModel):
             data = await download(self.commons, source, VIDEOS, deadline=deadline)
             if isinstance(data, ItemError):
                 return data
-            scored = await score_video(
-                data,
-                limits=self.limits,
-                options=options,
-                scorer=lambda frames: self._triton_scores(frames, versions),
-                executor=self.executor,
-                max_chunk=NSFW.max_batch_size,
-            )
+            started = time.perf_counter()
+            try:
+                scored = await score_video(
+                    data,
+                    limits=self.limits,
+                    options=options,
+                    scorer=lambda frames: self._triton_scores(frames, versions),
+                    executor=self.executor,
+                    max_chunk=NSFW.max_batch_size,
+                )
+            finally:
+                # Decoding and its Triton calls overlap, so the scan is one stage of its
+                # own; its Triton calls are counted under "triton" as well.
+                request_log.add_stage("video_scan", time.perf_counter() - started)
         except VideoError as exc:
             return exc
         finally:

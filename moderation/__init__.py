@@ -1,0 +1,1 @@
+"""Moderation policy (scores to review states), reviewer verdicts and the quality report."""

@@ -1,0 +1,1 @@
+"""The moderators' review page: a small server-rendered app over the score store."""
