@@ -7,10 +7,88 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end }}
 
-{{/* KServe labels a component's pods with the InferenceService name and "component". */}}
-{{- define "cm.componentSelector" -}}
-serving.kserve.io/inferenceservice: {{ .root.Values.inference.name }}
-component: {{ .component }}
+{{/* The shared Triton's InferenceService; its predictor's Knative service is <this>-predictor. */}}
+{{- define "cm.tritonName" -}}
+{{- printf "%s-triton" .Values.inference.name -}}
+{{- end }}
+
+{{/* Served model names, sorted (Helm ranges over maps in key order too). */}}
+{{- define "cm.servedNames" -}}
+{{- keys .Values.inference_services | sortAlpha | toJson -}}
+{{- end }}
+
+{{/* A dated model directory: s3:// or pvc://, ending in /<YYYYMMDDhhmmss>/. */}}
+{{- define "cm.datedUri" -}}
+^(s3|pvc)://[^/]+/.+/[0-9]{14}/?$
+{{- end }}
+
+{{/* Each served model's predictor: inference.predictor with the model's block over it (image,
+image_version, config, container, autoscaling), the model's custom_env appended to the
+generic env. STORAGE_URI is taken out of the env: it is the model's directory in Triton. */}}
+{{- define "cm.servedModels" -}}
+{{- $generic := .Values.inference.predictor -}}
+{{- $models := list -}}
+{{- range $name, $service := .Values.inference_services -}}
+{{- $own := $service.predictor | default dict -}}
+{{- $storage := "" -}}
+{{- $env := list -}}
+{{- range $own.custom_env | default list -}}
+{{- if eq .name "STORAGE_URI" -}}
+{{- if not (regexMatch (include "cm.datedUri" $) .value) -}}
+{{- fail (printf "inference_services.%s: STORAGE_URI %q must be a dated model directory, s3:// or pvc://, ending in /<YYYYMMDDhhmmss>/" $name .value) -}}
+{{- end -}}
+{{- $storage = .value -}}
+{{- else -}}
+{{- $env = append $env . -}}
+{{- end -}}
+{{- end -}}
+{{- $model := dict
+  "name" $name
+  "image" ($own.image | default $generic.image)
+  "version" (toString ($own.image_version | default $generic.version))
+  "registry" ($generic.registry | default "")
+  "config" (mergeOverwrite (deepCopy ($generic.config | default dict)) ($own.config | default dict))
+  "container" (mergeOverwrite (deepCopy $generic.container) ($own.container | default dict))
+  "autoscaling" (mergeOverwrite (deepCopy $generic.autoscaling) ($own.autoscaling | default dict))
+  "base_env" (concat ($generic.base_env | default list) ($generic.custom_env | default list))
+  "custom_env" $env
+  "storage_uri" $storage -}}
+{{- $models = append $models $model -}}
+{{- end -}}
+{{- toJson $models -}}
+{{- end }}
+
+{{/* Triton's model repository: {name, uri} for every served model with a STORAGE_URI. */}}
+{{- define "cm.tritonModels" -}}
+{{- $repository := list -}}
+{{- range include "cm.servedModels" . | fromJsonArray -}}
+{{- if .storage_uri -}}
+{{- $repository = append $repository (dict "name" .name "uri" .storage_uri) -}}
+{{- end -}}
+{{- end -}}
+{{- if not $repository -}}
+{{- fail "no served model names a STORAGE_URI: Triton would have no model to serve" -}}
+{{- end -}}
+{{- toJson $repository -}}
+{{- end }}
+
+{{/* NetworkPolicy pod selectors, by the labels KServe gives each InferenceService's pods. */}}
+{{- define "cm.modelServerSelector" -}}
+matchLabels:
+  component: predictor
+matchExpressions:
+  - key: serving.kserve.io/inferenceservice
+    operator: In
+    values:
+      {{- range include "cm.servedNames" . | fromJsonArray }}
+      - {{ . }}
+      {{- end }}
+{{- end }}
+
+{{- define "cm.tritonSelector" -}}
+matchLabels:
+  serving.kserve.io/inferenceservice: {{ include "cm.tritonName" . }}
+  component: predictor
 {{- end }}
 
 {{/* <registry>/<image>:<version>; a service may name its own registry (upstream Triton does). */}}
@@ -44,16 +122,20 @@ seccompProfile:
   type: RuntimeDefault
 {{- end }}
 
-{{/* Knative autoscaling and Prometheus scraping, set per component (KServe copies a
-component's annotations onto its Knative revision and pods). */}}
+{{/* Knative autoscaling and KServe's scraping, set per component (KServe copies a
+component's annotations onto its pods). With both KServe annotations on, KServe's pod
+webhook has the queue-proxy scrape the app's port and path and serve that together with its
+own metrics on one port, and points the pod's prometheus.io/* annotations there: the app's
+port alone would miss the queue-proxy's request counts, latencies and queue depth. */}}
 {{- define "cm.componentAnnotations" -}}
 autoscaling.knative.dev/metric: {{ .autoscaling.metric | quote }}
 autoscaling.knative.dev/target: {{ .autoscaling.target | quote }}
 autoscaling.knative.dev/target-utilization-percentage: {{ .autoscaling.utilization_percent | quote }}
+serving.kserve.io/enable-prometheus-scraping: {{ .monitoring | quote }}
+serving.kserve.io/enable-metric-aggregation: {{ .monitoring | quote }}
 {{- if .monitoring }}
-prometheus.io/scrape: "true"
-prometheus.io/port: {{ .metricsPort | quote }}
-prometheus.io/path: /metrics
+prometheus.kserve.io/port: {{ .metricsPort | quote }}
+prometheus.kserve.io/path: /metrics
 {{- end }}
 {{- end }}
 
@@ -70,7 +152,7 @@ prometheus.io/path: /metrics
 {{/* pvc://<claim>/<path> → dict(claim, path). */}}
 {{- define "cm.pvc" -}}
 {{- $parts := splitn "/" 2 (trimPrefix "pvc://" .) -}}
-{{- dict "claim" $parts._0 "path" ($parts._1 | default "") | toJson -}}
+{{- dict "claim" $parts._0 "path" ($parts._1 | default "" | trimSuffix "/") | toJson -}}
 {{- end }}
 
 {{/* NetworkPolicy egress rules: to a CIDR (Wikimedia's dst_nets shape) or to labelled pods
