@@ -46,6 +46,7 @@ from bulk.service import (
 )
 from moderation.policy import Policy, load_policy
 from store import JobLog, ScoreStore, StoreError, open_store
+from store.scores import DEFAULT_DATABASE_URL
 
 log = logging.getLogger(__name__)
 
@@ -377,7 +378,7 @@ def backfill(
     commons_api: str = typer.Option(
         "https://commons.wikimedia.org/w/api.php", envvar="COMMONS_API_URL"
     ),
-    database_url: str = typer.Option("sqlite:///build/store/scores.sqlite3", envvar="DATABASE_URL"),
+    database_url: str = typer.Option(DEFAULT_DATABASE_URL, envvar="DATABASE_URL"),
     job: str | None = typer.Option(
         None, help="Job name (default: from the input, model and shard)."
     ),

@@ -54,6 +54,7 @@ from bulk.service import (
 )
 from moderation.policy import Policy, load_policy
 from store import Record, StoreError, WatchState, open_store
+from store.scores import DEFAULT_DATABASE_URL
 
 log = logging.getLogger(__name__)
 
@@ -312,7 +313,7 @@ def watch(
     delay: str = typer.Option("48h", help="Wait this long after an upload (48h, 30m, 10s, 0)."),
     model: list[str] = typer.Option(list(MODELS), help="Model to score with (repeatable)."),
     service: str = typer.Option("http://127.0.0.1:8080", help="The scoring service."),
-    database_url: str = typer.Option("sqlite:///build/store/scores.sqlite3", envvar="DATABASE_URL"),
+    database_url: str = typer.Option(DEFAULT_DATABASE_URL, envvar="DATABASE_URL"),
     batch: int = typer.Option(MAX_TITLES, min=1, max=MAX_TITLES, help="Titles per request."),
     once: bool = typer.Option(
         False, "--once", help="Read until no upload came for --idle, score what is due, exit."

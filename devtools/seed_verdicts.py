@@ -4,8 +4,12 @@ report on them.
 The scores are the logo model's own scores on its held-out test split
 (``build/logo/scores.npz``, written by ``training.logo.train``) and the verdicts are those
 items' true labels (``build/logo/manifest.jsonl``): a real measurement, not invented
-numbers. Test items are not Commons files, so each gets a **pseudo SHA-1**, the SHA-1 of
-``"logo test item:" + its manifest id``; ``items.jsonl`` beside the report maps them back.
+numbers. Verdicts are given as reviewers would give them: to the top ``--verdicts`` items of
+the audit sample (every item, in SHA-1 order: a uniform random sample of the split,
+whatever its score), then to the top ``--queue-verdicts`` items left in the flagged queue
+(the highest scores). Test items are not Commons files, so each gets a **pseudo SHA-1**,
+the SHA-1 of ``"logo test item:" + its manifest id``; ``items.jsonl`` beside the report
+maps the reviewed ones back.
 
 By default everything goes to a store of its own (``build/quality-report/seed.sqlite3``,
 recreated each run), never the service's.
@@ -27,11 +31,10 @@ from sqlalchemy.engine import make_url
 from moderation.policy import load_policy
 from moderation.quality import MIN_PER_CLASS, TARGET_PRECISION, write_report
 from preprocessing.specs import LOGO
-from store import Key, Record, open_store
-from store.review import Verdict, add_verdict
+from store import Key, Record, ScoreStore, open_store
+from store.review import AUDIT, MAX_PAGE, QUEUE, QueueItem, Verdict, add_verdict, review_queue
 
 REVIEWER = "seed:logo-test-labels"
-SEED = 20261130
 # When the test split was scored, for the stored rows: any fixed time will do.
 SCORED_AT = datetime(2026, 11, 30, tzinfo=UTC)
 
@@ -68,6 +71,19 @@ def test_split(build: Path) -> list[dict]:
     return items
 
 
+def top(store: ScoreStore, count: int, *, audit: bool) -> list[QueueItem]:
+    """The first ``count`` items awaiting a verdict in the audit sample or flagged queue."""
+    found: list[QueueItem] = []
+    while len(found) < count:
+        page = review_queue(
+            store, model=LOGO.name, audit=audit, offset=len(found), limit=MAX_PAGE
+        ).items
+        if not page:
+            break
+        found += page
+    return found[:count]
+
+
 def main(
     build: Path = typer.Option(
         Path("build/logo"), help="The logo build: scores.npz, manifest.jsonl."
@@ -76,15 +92,21 @@ def main(
         "", help="Store to seed; default a fresh SQLite file in --out's parent."
     ),
     out: Path = typer.Option(Path("build/quality-report/seeded"), help="Report directory."),
-    verdicts: int = typer.Option(300, min=1, help="How many test items get a verdict."),
+    verdicts: int = typer.Option(
+        300, min=1, help="How many items of the audit sample get a verdict."
+    ),
+    queue_verdicts: int = typer.Option(
+        100, min=0, help="How many items of the flagged queue get one after them."
+    ),
     target_precision: float = typer.Option(TARGET_PRECISION),
     min_per_class: int = typer.Option(MIN_PER_CLASS, min=1),
 ) -> None:
     items = test_split(build)
-    if verdicts > len(items):
+    if verdicts + queue_verdicts > len(items):
         raise typer.BadParameter(
             f"the test split has only {len(items)} items", param_hint="--verdicts"
         )
+    by_sha1 = {item["sha1"]: item for item in items}
     if not database_url:
         path = out.parent / "seed.sqlite3"
         for stale in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
@@ -107,38 +129,51 @@ def main(
                 for item in items
             ]
         )
-        rng = np.random.default_rng(SEED)
-        chosen = sorted(rng.choice(len(items), size=verdicts, replace=False).tolist())
-        for n, index in enumerate(chosen):
-            item = items[index]
-            add_verdict(
-                store,
-                Verdict(
-                    item["sha1"],
-                    LOGO.name,
-                    "confirmed" if item["label"] == 1 else "rejected",
-                    REVIEWER,
-                    SCORED_AT + timedelta(seconds=n),
-                    note=f"true label of logo test item {item['id']} (kind {item['kind']})",
-                ),
-            )
+        chosen: list[dict] = []
+        for sample, count in ((AUDIT, verdicts), (QUEUE, queue_verdicts)):
+            for queued in top(store, count, audit=sample == AUDIT):
+                item = by_sha1[queued.sha1]
+                add_verdict(
+                    store,
+                    Verdict(
+                        item["sha1"],
+                        LOGO.name,
+                        "confirmed" if item["label"] == 1 else "rejected",
+                        REVIEWER,
+                        SCORED_AT + timedelta(seconds=len(chosen)),
+                        note=f"true label of logo test item {item['id']} (kind {item['kind']})",
+                        sample=sample,
+                    ),
+                )
+                chosen.append({**item, "sample": sample})
         report = write_report(
             store, policy, out, target=target_precision, min_per_class=min_per_class
         )
     finally:
         store.dispose()
     with (out / "items.jsonl").open("w") as mapping:
-        for index in chosen:
-            mapping.write(json.dumps(items[index]) + "\n")
+        for item in chosen:
+            mapping.write(json.dumps(item) + "\n")
     where = make_url(database_url).render_as_string(hide_password=True)
-    typer.echo(f"{len(items)} results and {verdicts} verdicts in {where}")
+    typer.echo(f"{len(items)} results and {len(chosen)} verdicts in {where}")
     typer.echo(f"report: {out / 'report.md'}")
     for result in report["models"]:
         for state, row in result["at_policy_thresholds"].items():
             typer.echo(
-                f"{result['model']} {result['model_version']} {state} ≥ {row['threshold']:g}: "
-                f"precision {row['precision']:.3f}, recall {row['recall']:.3f}, F1 {row['f1']:.3f}"
+                f"{result['model']} {result['model_version']} {state} ≥ {row['threshold']:g}, "
+                f"audit sample: precision {_fmt(row['precision'])}, recall "
+                f"{_fmt(row['recall'])}, F1 {_fmt(row['f1'])}"
             )
+        for state, row in result["among_reviewed_flagged"].items():
+            typer.echo(
+                f"{result['model']} {result['model_version']} {state} ≥ {row['threshold']:g}, "
+                f"among reviewed flagged files (biased towards high scores): precision "
+                f"{_fmt(row['precision'])} of {row['reviewed']}"
+            )
+
+
+def _fmt(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.3f}"
 
 
 if __name__ == "__main__":

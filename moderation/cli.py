@@ -1,5 +1,5 @@
 """``commons-moderation``: reviewers' verdicts, re-deciding stored results under a new
-policy, the quality report, and reviewer tokens."""
+policy, the quality report, reviewer tokens, and migrating the score store."""
 
 from __future__ import annotations
 
@@ -15,14 +15,14 @@ from moderation.policy import load_policy
 from moderation.quality import BOOTSTRAP_RESAMPLES, MIN_PER_CLASS, TARGET_PRECISION, write_report
 from moderation.reviewers import Reviewers, hash_token, new_token
 from store import ScoreStore, StoreError, open_store
-from store.review import VERDICTS, Verdict, add_verdict, apply_policy
-
-DEFAULT_DATABASE_URL = "sqlite:///build/store/scores.sqlite3"
+from store.review import QUEUE, SAMPLES, VERDICTS, Verdict, add_verdict, apply_policy
+from store.scores import DEFAULT_DATABASE_URL
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
-    help="Reviewers' verdicts, re-deciding stored results, the quality report, tokens.",
+    help="Reviewers' verdicts, re-deciding stored results, the quality report, tokens, "
+    "migrating the store.",
 )
 
 DatabaseUrl = typer.Option(
@@ -70,6 +70,12 @@ def verdict(
         ..., help="confirmed: the file is what the model looks for; rejected: it is not."
     ),
     note: str | None = typer.Option(None, help="Why, for the next reviewer."),
+    sample: str = typer.Option(
+        QUEUE,
+        help="Where the file came from: queue (the flagged queue) or audit (the next file "
+        "of the audit sample, taken in its order: only then do its verdicts measure recall "
+        "and calibration).",
+    ),
     token_file: Path | None = typer.Option(
         None, help="File holding your reviewer token; else the REVIEW_TOKEN variable."
     ),
@@ -85,6 +91,8 @@ def verdict(
     """Record a verdict on a file, as the reviewer whose token is given."""
     if verdict not in VERDICTS:
         raise fail(f"--verdict must be one of {', '.join(VERDICTS)}, not {verdict!r}", 2)
+    if sample not in SAMPLES:
+        raise fail(f"--sample must be one of {', '.join(SAMPLES)}, not {sample!r}", 2)
     token = _read_token(token_file)
     if not token:
         raise fail("no reviewer token: pass --token-file or set REVIEW_TOKEN", 2)
@@ -97,7 +105,9 @@ def verdict(
     if reviewer is None:
         raise fail(f"the token is not a reviewer's in {reviewers_file}")
     try:
-        given = Verdict(sha1, model, verdict, reviewer, datetime.now(UTC), note or None)
+        given = Verdict(
+            sha1, model, verdict, reviewer, datetime.now(UTC), note or None, sample=sample
+        )
     except ValueError as exc:
         raise fail(str(exc), 2) from None
     store = _open(database_url)
@@ -107,7 +117,16 @@ def verdict(
         raise fail(str(exc)) from None
     finally:
         store.dispose()
-    typer.echo(f"{reviewer}: {verdict} {model} {sha1}")
+    typer.echo(f"{reviewer}: {verdict} {model} {sha1} ({sample})")
+
+
+@app.command()
+def migrate(database_url: str = DatabaseUrl) -> None:
+    """Bring the score store's schema to the newest migration (the review page does not:
+    it runs without the rights to change the schema)."""
+    store = _open(database_url)
+    store.dispose()
+    typer.echo("the score store's schema is up to date")
 
 
 @app.command("apply-policy")
@@ -141,8 +160,9 @@ def report(
     policy_file: Path | None = PolicyFile,
     database_url: str = DatabaseUrl,
 ) -> None:
-    """Precision, recall and F1 at the policy's thresholds, from reviewers' verdicts:
-    report.md, report.json and PNG figures in --out."""
+    """Precision, recall and F1 at the policy's thresholds, from reviewers' verdicts (the
+    audit sample's, and precision among reviewed flagged files): report.md, report.json and
+    PNG figures in --out."""
     try:
         policy = load_policy(policy_file)
     except ValueError as exc:
@@ -163,10 +183,13 @@ def report(
     finally:
         store.dispose()
     for result in written["models"]:
+        audit = result["audit"]
         state = "conclusive" if result["conclusive"] else "too few verdicts to conclude"
         typer.echo(
             f"{result['model']} {result['model_version']}: {result['verdicts']} verdicts "
-            f"({result['confirmed']} confirmed, {result['rejected']} rejected): {state}"
+            f"({result['confirmed']} confirmed, {result['rejected']} rejected), "
+            f"{audit['verdicts']} in the audit sample ({audit['confirmed']} confirmed, "
+            f"{audit['rejected']} rejected): {state}"
         )
     typer.echo(f"written to {out / 'report.md'}")
 
@@ -198,7 +221,3 @@ def new_token_command(name: str = typer.Argument(..., help="The reviewer's name.
         raise fail(str(exc), 2) from None
     typer.echo(token, err=True)
     typer.echo(yaml.safe_dump(entry, allow_unicode=True).strip())
-
-
-if __name__ == "__main__":
-    app()

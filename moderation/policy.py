@@ -10,7 +10,10 @@ anything again (``store.review.apply_policy``).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
+import threading
+from collections import Counter
 from itertools import pairwise
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -20,18 +23,52 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from store import Record
 from store.review import OK, STATES
+from store.schema import MODEL_LENGTH, POLICY_VERSION_LENGTH
 
 # STATES, review priority highest first: withheld from everyone, withheld from "popular"
 # listings, for a human to look at, nothing to do. The store defines them: its queue
 # orders by them.
-__all__ = ["DEFAULT_POLICY", "OK", "STATES", "Decision", "ModelPolicy", "Policy", "load_policy"]
+__all__ = [
+    "DEFAULT_POLICY",
+    "OK",
+    "STATES",
+    "Decision",
+    "Judgement",
+    "ModelPolicy",
+    "Policy",
+    "load_policy",
+    "undecided_counts",
+]
 
 DEFAULT_POLICY = Path(__file__).resolve().parent / "policy.yaml"
+# Longer reasons are cut in the log: a stored value the policy could not read may be long.
+LOGGED_REASON_LENGTH = 300
+
+log = logging.getLogger("moderation")
+
+# (policy version, model) -> results that policy could not decide, in this process.
+_undecided: Counter[tuple[str, str]] = Counter()
+_undecided_lock = threading.Lock()
+
+
+def undecided_counts() -> dict[tuple[str, str], int]:
+    """How many results each (policy version, model) left undecided in this process."""
+    with _undecided_lock:
+        return dict(_undecided)
 
 
 class Decision(NamedTuple):
     state: str
     reason: str
+
+
+class Judgement(NamedTuple):
+    """A decision, or why there is none: ``state`` and ``score`` are None when the policy
+    cannot read the scores, and ``reason`` says why."""
+
+    state: str | None
+    reason: str
+    score: float | None
 
 
 class ModelPolicy(BaseModel):
@@ -69,14 +106,14 @@ class ModelPolicy(BaseModel):
 class Policy(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
-    version: str = Field(min_length=1, max_length=64, pattern=r"^\S+$")
+    version: str = Field(min_length=1, max_length=POLICY_VERSION_LENGTH, pattern=r"^\S+$")
     models: dict[str, ModelPolicy] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _check_model_names(self) -> Policy:
         for name in self.models:
-            if not name or len(name) > 64:
-                raise ValueError(f"model name {name!r} must be 1 to 64 characters")
+            if not name or len(name) > MODEL_LENGTH:
+                raise ValueError(f"model name {name!r} must be 1 to {MODEL_LENGTH} characters")
         return self
 
     def model(self, model: str) -> ModelPolicy:
@@ -91,8 +128,13 @@ class Policy(BaseModel):
     def score(
         self, model: str, scores: dict[str, float], video: dict[str, Any] | None = None
     ) -> float:
-        """The score the policy reads for ``model``: ``scores[label]``, or a video's max."""
+        """The score the policy reads for ``model``: ``scores[label]``, or a video's max;
+        ValueError, and nothing else, for anything it cannot read."""
         rule = self.model(model)
+        if not isinstance(scores, dict):
+            raise ValueError(f"{model} scores are {type(scores).__name__}, not a mapping")
+        if video is not None and not isinstance(video, dict):
+            raise ValueError(f"{model} video report is {type(video).__name__}, not a mapping")
         if rule.video_score == "max" and video is not None and "prediction" in video:
             value = video["prediction"]
             where = "video prediction"
@@ -124,16 +166,40 @@ class Policy(BaseModel):
         lowest, threshold = list(rule.thresholds.items())[-1]
         return Decision(OK, f"{name} {value:.3f} < {lowest} {threshold:g} (policy {self.version})")
 
+    def judge(
+        self, model: str, scores: dict[str, float], video: dict[str, Any] | None = None
+    ) -> Judgement:
+        """``decide``, with what it cannot decide as a Judgement without a state, counted
+        (``undecided_counts``) and logged: a warning for the 1st, 10th, 100th, ... result
+        of a model, naming the model and the reason (never a file or its scores)."""
+        try:
+            score = self.score(model, scores, video)
+            state, reason = self.decide(model, scores, video)
+        except ValueError as exc:
+            reason = f"not decided: {exc}"
+            with _undecided_lock:
+                _undecided[(self.version, model)] += 1
+                count = _undecided[(self.version, model)]
+            if count == 10 ** (len(str(count)) - 1):
+                log.warning(
+                    "policy %s could not decide %d result(s) of %s so far (they wait in the "
+                    "review queue as undecided); the latest: %s",
+                    self.version,
+                    count,
+                    model,
+                    reason[:LOGGED_REASON_LENGTH],
+                )
+            return Judgement(None, reason, None)
+        return Judgement(state, reason, score)
+
     def stamp(self, record: Record) -> Record:
-        """``record`` with this policy's decision on its scores; unchanged for a model the
-        policy does not cover, or scores it cannot read (``apply_policy`` marks those)."""
+        """``record`` with this policy's judgement on its scores: its decision, or for
+        scores the policy cannot read no state and the reason (``judge``), as
+        ``store.review.apply_policy`` stamps stored rows. Unchanged for a model the policy
+        does not cover."""
         if record.key.model not in self.models:
             return record
-        try:
-            score = self.score(record.key.model, record.scores, record.video)
-            state, reason = self.decide(record.key.model, record.scores, record.video)
-        except ValueError:
-            return record
+        state, reason, score = self.judge(record.key.model, record.scores, record.video)
         return dataclasses.replace(
             record, state=state, reason=reason, policy_version=self.version, policy_score=score
         )

@@ -3,9 +3,21 @@
 For each model and model version (the Triton version: variants such as ``2;inline`` count as
 version 2), every file with a verdict gives one (score, label) pair: the score the policy
 reads from that version's newest result, and the file's latest verdict (confirmed = the
-model's positive class). From those: precision, recall and F1 at each policy threshold, a
-precision-recall curve, a reliability diagram, and the lowest threshold that reaches a
-target precision.
+model's positive class).
+
+Where the verdicts come from decides what they can measure. The flagged queue serves the
+most severe, highest-scoring files first, so its verdicts sit on flagged high scores: the
+files the policy let through, and the flagged ones near a threshold, are barely in them,
+and recall, F1, average precision, calibration and any threshold chosen on them come out
+inflated. The audit sample serves every file, whatever its state, in a uniformly random
+order; the files with a verdict from it (the audit sample) are a random sample of all.
+So:
+
+- from the audit sample only: precision, recall and F1 at each policy threshold, average
+  precision, a precision-recall curve, a reliability diagram, and the lowest threshold that
+  reaches a target precision;
+- from every verdict: precision at each policy threshold among the reviewed files at or
+  above it, labelled as what it is (biased towards high scores, so optimistic).
 
 Uncertainty, because verdicts are few:
 
@@ -19,8 +31,8 @@ Uncertainty, because verdicts are few:
   reliably reachable. The point threshold is chosen on the same verdicts it is measured on,
   so its own precision is optimistic; the bootstrap interval is the honest figure.
 
-Below ``min_per_class`` verdicts of either kind the report gives the counts and figures but
-says the verdicts are too few to conclude, and recommends no threshold.
+Below ``min_per_class`` audit-sample verdicts of either kind the report gives the counts and
+figures but says the verdicts are too few to conclude, and recommends no threshold.
 """
 
 from __future__ import annotations
@@ -39,7 +51,7 @@ from matplotlib.figure import Figure
 
 from moderation.policy import OK, Policy
 from store import ScoreStore
-from store.review import labelled
+from store.review import labelled, version_order
 
 TARGET_PRECISION = 0.97
 # Fewer verdicts of either kind than this and one verdict moves precision or recall by more
@@ -53,13 +65,19 @@ CALIBRATION_BINS = 10
 
 @dataclass(frozen=True)
 class Sample:
-    """One model version's verdicts: scores and labels (1 = confirmed), by file."""
+    """One model version's verdicts: scores, labels (1 = confirmed) and whether the file is
+    in the audit sample, by file."""
 
     model: str
     version: str
     sha1s: tuple[str, ...]
     scores: np.ndarray
     labels: np.ndarray
+    audited: np.ndarray
+
+    def audit(self) -> tuple[np.ndarray, np.ndarray]:
+        """The audit sample's scores and labels."""
+        return self.scores[self.audited], self.labels[self.audited]
 
 
 def wilson(successes: int, trials: int, z: float = Z95) -> tuple[float, float] | None:
@@ -95,6 +113,22 @@ def at_threshold(scores: np.ndarray, labels: np.ndarray, threshold: float) -> di
         "recall": recall,
         "recall_ci95": wilson(tp, tp + fn),
         "f1": f1,
+    }
+
+
+def among_flagged(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, Any]:
+    """Precision among the reviewed files at or above ``threshold``, with its Wilson
+    interval: all a set of verdicts biased towards high scores can say."""
+    above = scores >= threshold
+    confirmed = int((above & (labels == 1)).sum())
+    reviewed = int(above.sum())
+    return {
+        "threshold": threshold,
+        "reviewed": reviewed,
+        "confirmed": confirmed,
+        "rejected": reviewed - confirmed,
+        "precision": confirmed / reviewed if reviewed else None,
+        "precision_ci95": wilson(confirmed, reviewed),
     }
 
 
@@ -188,12 +222,12 @@ def samples(
             skipped.append(f"{row.model}: the policy has no rule for it")
             continue
         key = (row.model, row.model_version.split(";")[0], row.sha1)
-        if key not in newest or (row.scored_at, row.model_version) > (
+        if key not in newest or (row.scored_at, version_order(row.model_version)) > (
             newest[key].scored_at,
-            newest[key].model_version,
+            version_order(newest[key].model_version),
         ):
             newest[key] = row
-    grouped: dict[tuple[str, str], list[tuple[str, float, int]]] = {}
+    grouped: dict[tuple[str, str], list[tuple[str, float, int, bool]]] = {}
     for (name, version, sha1), row in sorted(newest.items()):
         try:
             score = policy.score(name, row.scores, row.video)
@@ -201,14 +235,15 @@ def samples(
             skipped.append(f"{name} {version} {sha1}: {exc}")
             continue
         label = 1 if row.verdict.verdict == "confirmed" else 0
-        grouped.setdefault((name, version), []).append((sha1, score, label))
+        grouped.setdefault((name, version), []).append((sha1, score, label, row.audited))
     result = [
         Sample(
             name,
             version,
-            tuple(sha1 for sha1, _, _ in items),
-            np.array([score for _, score, _ in items], dtype=float),
-            np.array([label for _, _, label in items], dtype=int),
+            tuple(item[0] for item in items),
+            np.array([item[1] for item in items], dtype=float),
+            np.array([item[2] for item in items], dtype=int),
+            np.array([item[3] for item in items], dtype=bool),
         )
         for (name, version), items in sorted(grouped.items())
     ]
@@ -223,19 +258,26 @@ def evaluate(
     min_per_class: int = MIN_PER_CLASS,
     resamples: int = BOOTSTRAP_RESAMPLES,
 ) -> dict[str, Any]:
-    """The report's figures for one model version."""
-    scores, labels = sample.scores, sample.labels
+    """The report's figures for one model version: the audit sample's, and precision among
+    every reviewed flagged file."""
+    scores, labels = sample.audit()
     confirmed, rejected = int((labels == 1).sum()), int((labels == 0).sum())
     conclusive = confirmed >= min_per_class and rejected >= min_per_class
     result: dict[str, Any] = {
         "model": sample.model,
         "model_version": sample.version,
-        "verdicts": len(labels),
-        "confirmed": confirmed,
-        "rejected": rejected,
+        "verdicts": len(sample.labels),
+        "confirmed": int((sample.labels == 1).sum()),
+        "rejected": int((sample.labels == 0).sum()),
+        "audit": {"verdicts": len(labels), "confirmed": confirmed, "rejected": rejected},
         "conclusive": conclusive,
         "at_policy_thresholds": {
             state: at_threshold(scores, labels, value)
+            for state, value in thresholds.items()
+            if state != OK
+        },
+        "among_reviewed_flagged": {
+            state: among_flagged(sample.scores, sample.labels, value)
             for state, value in thresholds.items()
             if state != OK
         },
@@ -244,8 +286,8 @@ def evaluate(
     }
     if not conclusive:
         result["conclusion"] = (
-            f"too few verdicts to conclude: {confirmed} confirmed and {rejected} rejected; "
-            f"at least {min_per_class} of each are needed"
+            f"too few verdicts to conclude: the audit sample has {confirmed} confirmed and "
+            f"{rejected} rejected; at least {min_per_class} of each are needed"
         )
     chosen = target_threshold(scores, labels, target)
     point = at_threshold(scores, labels, chosen) if chosen is not None else None
@@ -271,9 +313,10 @@ def _slug(text: str) -> str:
 def _pr_figure(path: Path, sample: Sample, result: dict[str, Any]) -> None:
     figure = Figure(figsize=(5.5, 4.5), dpi=110)
     axes = figure.add_subplot()
-    if (sample.labels == 1).any():
-        precision, recall, _ = precision_recall(sample.scores, sample.labels)
-        axes.step(np.r_[0, recall], np.r_[1, precision], where="post", label="verdicts")
+    scores, labels = sample.audit()
+    if (labels == 1).any():
+        precision, recall, _ = precision_recall(scores, labels)
+        axes.step(np.r_[0, recall], np.r_[1, precision], where="post", label="audit sample")
     for state, row in result["at_policy_thresholds"].items():
         if row["precision"] is not None and row["recall"] is not None:
             label = f"{state} ≥ {row['threshold']:g}"
@@ -301,7 +344,7 @@ def _pr_figure(path: Path, sample: Sample, result: dict[str, Any]) -> None:
         ylim=(0, 1.02),
         xlabel="recall",
         ylabel="precision",
-        title=f"{sample.model} {sample.version}: {len(sample.labels)} verdicts",
+        title=f"{sample.model} {sample.version}: audit sample of {len(labels)}",
     )
     axes.legend(loc="lower left", fontsize=8)
     axes.grid(alpha=0.3)
@@ -317,7 +360,7 @@ def _reliability_figure(path: Path, sample: Sample, result: dict[str, Any]) -> N
         [b["mean_score"] for b in bins],
         [b["share_confirmed"] for b in bins],
         "o-",
-        label="share confirmed per score bin",
+        label="share confirmed per score bin (audit sample)",
     )
     for b in bins:
         axes.annotate(
@@ -359,29 +402,43 @@ def markdown(report: dict[str, Any]) -> str:
             f"Policy {report['policy_version']}; target precision "
             f"{report['target_precision']:g}; conclusions need at least "
             f"{report['min_per_class']} confirmed and {report['min_per_class']} rejected "
-            "verdicts per model version. Intervals are 95%: Wilson for precision and recall, "
-            f"a percentile bootstrap over verdicts ({report['bootstrap_resamples']} resamples) "
-            "for the threshold."
+            "verdicts in the audit sample per model version. Intervals are 95%: Wilson for "
+            "precision and recall, a percentile bootstrap over verdicts "
+            f"({report['bootstrap_resamples']} resamples) for the threshold."
+        ),
+        "",
+        (
+            "Recall, F1, average precision, calibration and the threshold come from the "
+            "**audit sample** only: files drawn uniformly at random from every state, ok "
+            "included. Verdicts from the flagged queue sit on the highest scores, so they "
+            "only give precision among the reviewed flagged files, which is biased towards "
+            "high scores."
         ),
         "",
     ]
     if not report["models"]:
         lines += ["No verdicts yet.", ""]
     for result in report["models"]:
+        audit = result["audit"]
         lines += [
             f"## {result['model']}, version {result['model_version']}",
             "",
             (
-                f"{result['verdicts']} verdicts: {result['confirmed']} confirmed, "
-                f"{result['rejected']} rejected. Average precision "
-                f"{_fmt(result['average_precision'])}; expected calibration error "
-                f"{_fmt(result['calibration']['ece'])}."
+                f"{result['verdicts']} files with a verdict: {result['confirmed']} confirmed, "
+                f"{result['rejected']} rejected. In the audit sample: {audit['verdicts']} "
+                f"({audit['confirmed']} confirmed, {audit['rejected']} rejected)."
             ),
             "",
         ]
         if not result["conclusive"]:
             lines += [f"**{result['conclusion'][0].upper()}{result['conclusion'][1:]}.**", ""]
         lines += [
+            (
+                "From the audit sample (unbiased): average precision "
+                f"{_fmt(result['average_precision'])}; expected calibration error "
+                f"{_fmt(result['calibration']['ece'])}."
+            ),
+            "",
             "| state | threshold | TP | FP | FN | TN | precision (95% CI) | recall (95% CI) | F1 |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
@@ -395,13 +452,13 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append("")
         if target["threshold"] is None:
             lines.append(
-                f"No threshold reaches precision {target['precision']:g} on these verdicts."
+                f"No threshold reaches precision {target['precision']:g} on the audit sample."
             )
         else:
             point = target["at_threshold"]
             text = (
-                f"Lowest threshold with precision ≥ {target['precision']:g}: "
-                f"**{target['threshold']:.4f}** (precision {_fmt(point['precision'])} "
+                f"Lowest threshold with precision ≥ {target['precision']:g} on the audit "
+                f"sample: **{target['threshold']:.4f}** (precision {_fmt(point['precision'])} "
                 f"{_interval(point['precision_ci95'])}, recall {_fmt(point['recall'])} "
                 f"{_interval(point['recall_ci95'])})"
             )
@@ -421,6 +478,19 @@ def markdown(report: dict[str, Any]) -> str:
                     f"precision's lower bound is {low:.3f}): more verdicts near the threshold "
                     "would settle it."
                 )
+        lines += [
+            "",
+            "Precision among reviewed flagged files (biased towards high scores):",
+            "",
+            "| state | threshold | reviewed at or above | confirmed | rejected | precision (95% CI) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for state, row in result["among_reviewed_flagged"].items():
+            lines.append(
+                f"| {state} | {row['threshold']:g} | {row['reviewed']} | {row['confirmed']} | "
+                f"{row['rejected']} | {_fmt(row['precision'])} "
+                f"{_interval(row['precision_ci95'])} |"
+            )
         lines += [
             "",
             (

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import os
 import re
 import secrets
 from pathlib import Path
 
 import yaml
+
+log = logging.getLogger("moderation")
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _NAME = re.compile(r"[^\s:][^:]{0,127}")
@@ -82,3 +86,40 @@ class Reviewers:
             if hmac.compare_digest(digest, expected.encode()):
                 found = name
         return found
+
+
+class ReviewersFile:
+    """A reviewers file that is read again whenever it changes (mtime, size or inode), so
+    a long-running server sees a reviewer added or removed from the next request on. A
+    change that does not read (a typo, a half-written file) refuses every token until the
+    file is fixed: better no reviewer than one who was meant to be removed."""
+
+    def __init__(self, path: str | Path) -> None:
+        """ValueError when the file does not read now."""
+        self.path = Path(path)
+        self._seen = self._stat()
+        self._reviewers = Reviewers.load(self.path)
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            found = os.stat(self.path)
+        except OSError:
+            return None
+        return found.st_mtime_ns, found.st_size, found.st_ino
+
+    def current(self) -> Reviewers:
+        seen = self._stat()
+        if seen != self._seen:
+            self._seen = seen
+            try:
+                self._reviewers = Reviewers.load(self.path)
+            except ValueError as exc:
+                log.error("%s: refusing every reviewer until it reads again", exc)
+                self._reviewers = Reviewers({})
+            else:
+                log.info(
+                    "reviewers file %s read again: %d reviewers",
+                    self.path,
+                    len(self._reviewers.names),
+                )
+        return self._reviewers

@@ -6,15 +6,34 @@ import logging
 import sys
 
 import uvicorn
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from pydantic import ValidationError
 
 from moderation.policy import load_policy
-from moderation.reviewers import Reviewers
+from moderation.reviewers import ReviewersFile
 from review.app import create_app
 from review.settings import ConfigError, Settings
-from store.scores import StoreError, open_store
+from store.migrate import config
+from store.scores import ScoreStore, StoreError, open_store
 
 log = logging.getLogger("review")
+
+
+def check_schema(store: ScoreStore) -> None:
+    """ConfigError unless the store's schema is at the newest migration: the page does not
+    migrate it (it runs without the rights to), and on an older schema every page would
+    fail."""
+    head = ScriptDirectory.from_config(config(store.url)).get_current_head()
+    with store.transaction(write=False) as conn:
+        current = MigrationContext.configure(conn).get_current_revision()
+    if current != head:
+        raise ConfigError(
+            f"the score store's schema is at revision {current or '(none: empty)'}, not "
+            f"{head}: migrate it with `commons-moderation migrate` (or let the transformer, "
+            "SCORE_STORE_MIGRATE=true), or set REVIEW_STORE_MIGRATE=true where the page may "
+            "change the schema"
+        )
 
 
 def main() -> None:
@@ -27,11 +46,18 @@ def main() -> None:
                 "REVIEWERS_FILE is not set: name the YAML file of reviewer names and token "
                 "hashes (README, Review page)"
             )
-        reviewers = Reviewers.load(settings.reviewers_file)
+        reviewers = ReviewersFile(settings.reviewers_file)
         policy = load_policy(settings.moderation_policy)
         store = open_store(
-            settings.database_url, statement_timeout_s=settings.review_store_timeout_s
+            settings.database_url,
+            migrate=settings.review_store_migrate,
+            statement_timeout_s=settings.review_store_timeout_s,
         )
+        try:
+            check_schema(store)
+        except BaseException:
+            store.dispose()
+            raise
     except ValidationError as exc:
         sys.exit(f"review: bad setting: {exc}")
     except (ConfigError, ValueError, StoreError) as exc:

@@ -1,5 +1,7 @@
 """The review page: the queue of stored results that need a reviewer, highest priority
-first, and the verdicts reviewers give on them (a form per item, or the JSON API)."""
+first, the audit sample of all results, and the verdicts reviewers give on them (a form per
+item, or the JSON API). Everything but the login page, static files and the health check
+needs a logged-in reviewer."""
 
 from __future__ import annotations
 
@@ -25,8 +27,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from moderation.policy import STATES, Policy
-from moderation.reviewers import Reviewers
+from moderation.policy import Policy
+from moderation.reviewers import ReviewersFile
 from review.security import (
     CSRF_FIELD,
     BodyLimit,
@@ -37,13 +39,27 @@ from review.security import (
     new_csrf_token,
 )
 from review.settings import Settings
-from store.review import NOTE_LENGTH, VERDICTS, QueueItem, Verdict, add_verdict, review_queue
+from store.review import (
+    AUDIT,
+    MAX_PAGE,
+    NOTE_LENGTH,
+    QUEUE,
+    QUEUE_STATES,
+    SAMPLES,
+    VERDICTS,
+    QueueItem,
+    Verdict,
+    add_verdict,
+    end_sessions,
+    review_queue,
+    session_generation,
+)
+from store.schema import MODEL_LENGTH
 from store.scores import ScoreStore, StoreError
 
 log = logging.getLogger("review")
 
 HERE = Path(__file__).resolve().parent
-MAX_PAGE_SIZE = 100
 # Far past any real queue; bounds the OFFSET a client can make the database skip.
 MAX_OFFSET = 10_000_000
 MAX_TOKEN_LENGTH = 512
@@ -52,12 +68,14 @@ THUMBNAIL_WIDTH = 240
 MAX_FORM_FIELDS = 16
 _REVIEWER_KEY = "reviewer"
 _SINCE_KEY = "since"
+_GENERATION_KEY = "generation"
 _FLASH_KEY = "flash"
 _VERDICT_WORDS = {"confirmed": "Confirmed", "rejected": "Rejected"}
 
 
 @dataclass(frozen=True)
 class QueueQuery:
+    sample: str
     model: str | None
     state: str | None
     reviewed: bool
@@ -65,10 +83,15 @@ class QueueQuery:
     limit: int
     page_size: int
 
+    @property
+    def audit(self) -> bool:
+        return self.sample == AUDIT
+
     def url(self, **changes: Any) -> str:
         """The queue's URL for this query with ``changes``; defaults are left out."""
         values = {**self.__dict__, **changes}
         params = {
+            "sample": values["sample"] if values["sample"] != QUEUE else None,
             "model": values["model"],
             "state": values["state"],
             "reviewed": "1" if values["reviewed"] else None,
@@ -83,15 +106,23 @@ class VerdictIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     sha1: str = Field(pattern=r"^[0-9a-f]{40}$")
-    model: str = Field(min_length=1, max_length=64)
+    model: str = Field(min_length=1, max_length=MODEL_LENGTH)
     verdict: str
     note: str | None = Field(None, max_length=NOTE_LENGTH)
+    sample: str = QUEUE
 
     @field_validator("verdict")
     @classmethod
     def _known(cls, value: str) -> str:
         if value not in VERDICTS:
             raise ValueError(f"must be one of {', '.join(VERDICTS)}")
+        return value
+
+    @field_validator("sample")
+    @classmethod
+    def _known_sample(cls, value: str) -> str:
+        if value not in SAMPLES:
+            raise ValueError(f"must be one of {', '.join(SAMPLES)}")
         return value
 
 
@@ -119,7 +150,7 @@ def create_app(
     *,
     session_secret: str,
     store: ScoreStore,
-    reviewers: Reviewers,
+    reviewers: ReviewersFile,
     policy: Policy,
 ) -> Starlette:
     """``session_secret`` signs the session cookies (``Settings.session_secret``)."""
@@ -133,24 +164,44 @@ def create_app(
     models = tuple(sorted(policy.models))
     session_s = round(settings.review_session_hours * 3600)
 
-    def logged_in(request: Request) -> str | None:
-        """The session's reviewer, while they are still in the reviewers file and the
-        session is younger than its lifetime (the cookie is re-signed on each verdict, so
-        its own expiry only bounds idleness)."""
+    async def logged_in(request: Request) -> str | None:
+        """The session's reviewer, while they are still in the reviewers file, the session
+        is younger than its lifetime, and they have not logged out since it began. The
+        cookie cannot bound the lifetime: Starlette signs it afresh on every response to
+        a request that has a session, so its own expiry only bounds idleness."""
         name = request.session.get(_REVIEWER_KEY)
+        if name is None:
+            return None
         since = request.session.get(_SINCE_KEY)
-        if not isinstance(name, str) or name not in reviewers.names:
-            return None
-        if not isinstance(since, int) or not 0 <= time.time() - since < session_s:
-            return None
-        return name
+        generation = request.session.get(_GENERATION_KEY)
+        valid = (
+            isinstance(name, str)
+            and name in reviewers.current().names
+            and isinstance(since, int)
+            and 0 <= time.time() - since < session_s
+            and isinstance(generation, int)
+            and generation == await _stored(session_generation, store, name)
+        )
+        if valid:
+            return name
+        for key in (_REVIEWER_KEY, _SINCE_KEY, _GENERATION_KEY):
+            request.session.pop(key, None)
+        request.session[_FLASH_KEY] = "Your session has ended: log in again"
+        return None
 
-    def render(request: Request, name: str, status: int = 200, **context: Any) -> Response:
+    def render(
+        request: Request,
+        name: str,
+        status: int = 200,
+        *,
+        reviewer: str | None,
+        **context: Any,
+    ) -> Response:
         return templates.TemplateResponse(
             request,
             name,
             {
-                "reviewer": logged_in(request),
+                "reviewer": reviewer,
                 "csrf_token": csrf_token(request),
                 "csrf_field": CSRF_FIELD,
                 "flash": request.session.pop(_FLASH_KEY, None),
@@ -160,32 +211,58 @@ def create_app(
         )
 
     def parse_query(params: Any) -> QueueQuery:
+        sample = params.get("sample") or QUEUE
+        if sample not in SAMPLES:
+            raise HTTPException(400, f"unknown sample {sample!r}: one of {', '.join(SAMPLES)}")
         model = params.get("model") or None
         if model is not None and model not in models:
             raise HTTPException(400, f"unknown model {model!r}: one of {', '.join(models)}")
         state = params.get("state") or None
-        if state is not None and state not in STATES:
-            raise HTTPException(400, f"unknown state {state!r}: one of {', '.join(STATES)}")
+        if state is not None and state not in QUEUE_STATES:
+            raise HTTPException(400, f"unknown state {state!r}: one of {', '.join(QUEUE_STATES)}")
+        if state is not None and sample == AUDIT:
+            raise HTTPException(
+                400, "the audit sample takes no state filter: it samples every state"
+            )
         reviewed = params.get("reviewed") or "0"
         if reviewed not in ("0", "1"):
             raise HTTPException(400, f"reviewed must be 0 or 1, not {reviewed!r}")
         return QueueQuery(
+            sample=sample,
             model=model,
             state=state,
             reviewed=reviewed == "1",
             offset=_integer(params, "offset", 0, 0, MAX_OFFSET),
-            limit=_integer(params, "limit", settings.review_page_size, 1, MAX_PAGE_SIZE),
+            limit=_integer(params, "limit", settings.review_page_size, 1, MAX_PAGE),
             page_size=settings.review_page_size,
         )
 
+    def queue_url(raw: object) -> str:
+        """``raw`` as a queue URL of this page's own making; the queue for anything else,
+        so a link cannot send a reviewer elsewhere after logging in."""
+        text = raw if isinstance(raw, str) else ""
+        if text not in ("", "/") and not text.startswith("/?"):
+            return "/"
+        try:
+            return parse_query(dict(parse_qsl(text.removeprefix("/").removeprefix("?")))).url()
+        except HTTPException:
+            return "/"
+
     async def queue(request: Request) -> Response:
+        reviewer = await logged_in(request)
+        if reviewer is None:
+            wanted = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            target = "/login" if wanted == "/" else f"/login?{urlencode({'next': wanted})}"
+            return RedirectResponse(target, status_code=303)
         query = parse_query(request.query_params)
         page = await _stored(
             review_queue,
             store,
             model=query.model,
+            models=models,
             state=query.state,
             reviewed=query.reviewed,
+            audit=query.audit,
             offset=query.offset,
             limit=query.limit,
         )
@@ -200,6 +277,7 @@ def create_app(
         return render(
             request,
             "queue.html",
+            reviewer=reviewer,
             query=query,
             page=page,
             items=[_view(item, commons, policy) for item in page.items],
@@ -208,63 +286,87 @@ def create_app(
             previous_url=previous_url,
             next_url=next_url,
             models=models,
-            states=STATES,
+            states=QUEUE_STATES,
+            flagged_url=QueueQuery(
+                QUEUE, query.model, None, False, 0, query.limit, query.page_size
+            ).url(),
+            audit_url=QueueQuery(
+                AUDIT, query.model, None, False, 0, query.limit, query.page_size
+            ).url(),
             back=query.url(),
             note_length=NOTE_LENGTH,
         )
 
     async def login_page(request: Request) -> Response:
-        return render(request, "login.html", error=None)
+        return render(
+            request,
+            "login.html",
+            reviewer=await logged_in(request),
+            error=None,
+            next=queue_url(request.query_params.get("next")),
+        )
 
     async def login(request: Request) -> Response:
         form = await _form(request)
         check_csrf(request, form.get(CSRF_FIELD))
         token = form.get("token")
+        after = queue_url(form.get("next"))
+
+        def refuse(status: int, error: str) -> Response:
+            return render(request, "login.html", status, reviewer=None, error=error, next=after)
+
         if not isinstance(token, str) or not token.strip():
-            return render(request, "login.html", 400, error="enter your reviewer token")
+            return refuse(400, "enter your reviewer token")
         if len(token) > MAX_TOKEN_LENGTH:
-            return render(request, "login.html", 400, error="that token is too long to be one")
-        name = reviewers.identify(token.strip())
+            return refuse(400, "that token is too long to be one")
+        name = reviewers.current().identify(token.strip())
         if name is None:
-            return render(request, "login.html", 403, error="that token belongs to no reviewer")
+            return refuse(403, "that token belongs to no reviewer")
+        generation = await _stored(session_generation, store, name)
         # A new session: whatever a visitor had before logging in is not carried over.
         request.session.clear()
         request.session[_REVIEWER_KEY] = name
         request.session[_SINCE_KEY] = int(time.time())
+        request.session[_GENERATION_KEY] = generation
         new_csrf_token(request)
         request.session[_FLASH_KEY] = f"Logged in as {name}"
         log.info("reviewer %s logged in", name)
-        return RedirectResponse("/", status_code=303)
+        return RedirectResponse(after, status_code=303)
 
     async def logout(request: Request) -> Response:
         form = await _form(request)
         check_csrf(request, form.get(CSRF_FIELD))
+        reviewer = await logged_in(request)
+        if reviewer is not None:
+            # Every session of theirs ends, a copy of this cookie included.
+            await _stored(end_sessions, store, reviewer)
+            log.info("reviewer %s logged out", reviewer)
         request.session.clear()
-        return RedirectResponse("/", status_code=303)
+        return RedirectResponse("/login", status_code=303)
 
     async def verdict_form(request: Request) -> Response:
         form = await _form(request)
         check_csrf(request, form.get(CSRF_FIELD))
-        reviewer = logged_in(request)
+        reviewer = await logged_in(request)
         if reviewer is None:
             raise HTTPException(
                 403, "not logged in: log in with your reviewer token to give verdicts"
             )
-        try:
-            back = parse_query(dict(parse_qsl(str(form.get("back", "")).removeprefix("/?"))))
-        except HTTPException:
-            back = parse_query({})
+        back = queue_url(form.get("back"))
         fields = {name: form.get(name) for name in ("sha1", "model", "verdict")}
         note = form.get("note")
         if isinstance(note, str) and note.strip():
             fields["note"] = note.strip()
+        sample = form.get("sample")
+        if sample is not None:
+            fields["sample"] = sample
         verdict = _validated(fields, reviewer)
         await _record(store, verdict, models)
         request.session[_FLASH_KEY] = (
             f"{_VERDICT_WORDS[verdict.verdict]}: {verdict.model} {verdict.sha1[:12]}…"
         )
-        position = _integer(form, "position", 0, 0, MAX_PAGE_SIZE)
-        return RedirectResponse(f"{back.url()}#item-{position}", status_code=303)
+        position = _integer(form, "position", 0, 0, MAX_PAGE)
+        return RedirectResponse(f"{back}#item-{position}", status_code=303)
 
     async def api_verdict(request: Request) -> Response:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -274,7 +376,7 @@ def create_app(
                 "send the reviewer token as `Authorization: Bearer <token>`",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        reviewer = reviewers.identify(token.strip())
+        reviewer = reviewers.current().identify(token.strip())
         if reviewer is None:
             raise HTTPException(403, "that token belongs to no reviewer")
         if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
@@ -295,6 +397,7 @@ def create_app(
                 "reviewer": verdict.reviewer,
                 "at": verdict.at.isoformat(),
                 "note": verdict.note,
+                "sample": verdict.sample,
             },
             status_code=201,
         )
@@ -306,8 +409,17 @@ def create_app(
         assert isinstance(exc, HTTPException)
         if request.url.path.startswith("/api/"):
             return JSONResponse({"error": exc.detail}, exc.status_code, headers=exc.headers)
+        try:
+            reviewer = await logged_in(request) if "session" in request.scope else None
+        except HTTPException:
+            reviewer = None
         response = render(
-            request, "error.html", exc.status_code, message=exc.detail, status_code=exc.status_code
+            request,
+            "error.html",
+            exc.status_code,
+            reviewer=reviewer,
+            message=exc.detail,
+            status_code=exc.status_code,
         )
         response.headers.update(exc.headers or {})
         return response
@@ -376,6 +488,7 @@ def _validated(fields: dict[str, Any], reviewer: str) -> Verdict:
             reviewer=reviewer,
             at=datetime.now(UTC),
             note=parsed.note,
+            sample=parsed.sample,
         )
     except ValueError as exc:
         raise HTTPException(400, str(exc)) from None
@@ -406,6 +519,7 @@ def _view(item: QueueItem, commons: Commons, policy: Policy) -> dict[str, Any]:
     return {
         # What a confirmation says the file is: the policy's label for the model.
         "label": rule.label if rule is not None else "flagged",
+        "state": item.state.replace("_", " "),
         "item": item,
         "title": title,
         "other_titles": item.titles[1:],

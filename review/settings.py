@@ -9,6 +9,9 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from store.review import MAX_PAGE
+from store.scores import DEFAULT_DATABASE_URL
+
 # A session secret shorter than this is guessable enough to forge sessions with.
 MIN_SECRET_LENGTH = 32
 
@@ -20,7 +23,10 @@ class ConfigError(Exception):
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, frozen=True)
 
-    database_url: str = "sqlite:///build/store/scores.sqlite3"
+    database_url: str = DEFAULT_DATABASE_URL
+    # The page runs without the rights to change the schema: `commons-moderation migrate`
+    # (or the transformer, SCORE_STORE_MIGRATE) migrates the store.
+    review_store_migrate: bool = False
     reviewers_file: Path | None = None
     # None: the policy packaged with `moderation`.
     moderation_policy: Path | None = None
@@ -36,7 +42,7 @@ class Settings(BaseSettings):
     # None: Secure cookies unless review_dev.
     review_secure_cookie: bool | None = None
     review_session_hours: float = Field(12.0, gt=0, le=24 * 30)
-    review_page_size: int = Field(25, ge=1, le=100)
+    review_page_size: int = Field(25, ge=1, le=MAX_PAGE)
     review_max_body_bytes: int = Field(16 * 1024, ge=1024, le=1024 * 1024)
     review_store_timeout_s: float = Field(10.0, gt=0)
 

@@ -27,8 +27,15 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 SHA1_LENGTH = 40
 TITLE_LENGTH = 512
+# A model's name, a model version (with its scoring variant) and a policy version.
 MODEL_LENGTH = 64
+VERSION_LENGTH = 64
+POLICY_VERSION_LENGTH = 64
+# The longest moderation state, verdict and verdict sample (``store.review``) fit these; a
+# test holds every value to them.
 STATE_LENGTH = 16
+VERDICT_LENGTH = 16
+SAMPLE_LENGTH = 8
 REVIEWER_LENGTH = 128
 
 
@@ -78,7 +85,7 @@ class Score(Base):
 
     sha1: Mapped[str] = mapped_column(String(SHA1_LENGTH), primary_key=True)
     model: Mapped[str] = mapped_column(String(MODEL_LENGTH), primary_key=True)
-    model_version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model_version: Mapped[str] = mapped_column(String(VERSION_LENGTH), primary_key=True)
     scores: Mapped[dict[str, float]] = mapped_column(JSON)
     mime: Mapped[str | None] = mapped_column(String(255))
     size: Mapped[int | None] = mapped_column(BigInteger)
@@ -86,14 +93,15 @@ class Score(Base):
     scored_at: Mapped[datetime] = mapped_column(UTCDateTime)
     state: Mapped[str | None] = mapped_column(String(STATE_LENGTH))
     reason: Mapped[str | None] = mapped_column(Text)
-    policy_version: Mapped[str | None] = mapped_column(String(64))
+    policy_version: Mapped[str | None] = mapped_column(String(POLICY_VERSION_LENGTH))
     # The score the policy read (a label's score, or a video's maximum): the queue's order.
     policy_score: Mapped[float | None] = mapped_column(Float)
 
 
 class ReviewVerdict(Base):
-    """A reviewer's verdict on a file for one model: append-only, the latest one counts.
-    About the file, not a model version, so it outlives re-scoring and policy changes."""
+    """A reviewer's verdict on a file for one model: append-only, the latest one (by id,
+    the order they were recorded in) counts. About the file, not a model version, so it
+    outlives re-scoring and policy changes."""
 
     __tablename__ = "verdicts"
     __table_args__ = (Index(None, "sha1", "model"),)
@@ -101,10 +109,24 @@ class ReviewVerdict(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     sha1: Mapped[str] = mapped_column(String(SHA1_LENGTH))
     model: Mapped[str] = mapped_column(String(MODEL_LENGTH))
-    verdict: Mapped[str] = mapped_column(String(16))
+    verdict: Mapped[str] = mapped_column(String(VERDICT_LENGTH))
     reviewer: Mapped[str] = mapped_column(String(REVIEWER_LENGTH))
+    # The reviewer's clock, as recorded: never what decides which verdict is the latest.
     at: Mapped[datetime] = mapped_column(UTCDateTime)
     note: Mapped[str | None] = mapped_column(Text)
+    # Where the verdict was given from: the flagged queue or the audit sample.
+    sample: Mapped[str] = mapped_column(String(SAMPLE_LENGTH))
+
+
+class ReviewSession(Base):
+    """Per reviewer, the generation of their page sessions: a session cookie names the
+    generation it was issued in, and logging out moves to the next one, so a copy of the
+    cookie stops working too."""
+
+    __tablename__ = "review_sessions"
+
+    reviewer: Mapped[str] = mapped_column(String(REVIEWER_LENGTH), primary_key=True)
+    generation: Mapped[int] = mapped_column(Integer)
 
 
 class Title(Base):

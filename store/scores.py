@@ -24,6 +24,8 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from store.migrate import upgrade
 from store.schema import Score, Title, utc
 
+# The embedded store every command and the review page use unless told another.
+DEFAULT_DATABASE_URL = "sqlite:///build/store/scores.sqlite3"
 # Rows or keys per statement: well inside every bind-parameter limit, and a query plan
 # the databases handle without fuss.
 CHUNK = 500

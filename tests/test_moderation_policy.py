@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 
 import pytest
 import yaml
 
-from moderation.policy import DEFAULT_POLICY, STATES, Decision, Policy, load_policy
+from moderation.policy import (
+    DEFAULT_POLICY,
+    STATES,
+    Decision,
+    Judgement,
+    Policy,
+    load_policy,
+    undecided_counts,
+)
 from moderation.reviewers import Reviewers, hash_token, new_token
 from store import Key, Record
 
@@ -86,6 +95,13 @@ def test_scores_the_policy_cannot_read() -> None:
         policy.decide("nsfw-detection", {"nsfw": float("nan")})
     with pytest.raises(ValueError, match="not a finite number"):
         policy.decide("nsfw-video-detection", {"nsfw": 0.5}, {"prediction": "high"})
+    # Whatever a store row holds, what cannot be read is a ValueError, nothing else.
+    with pytest.raises(ValueError, match="scores are list, not a mapping"):
+        policy.decide("nsfw-detection", [0.9])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="scores are NoneType, not a mapping"):
+        policy.decide("nsfw-detection", None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="video report is str, not a mapping"):
+        policy.decide("nsfw-video-detection", {"nsfw": 0.5}, "prediction")  # type: ignore[arg-type]
 
 
 def test_stamp() -> None:
@@ -98,8 +114,42 @@ def test_stamp() -> None:
     assert stamped.reason == policy.decide("nsfw-detection", record.scores).reason
     other = Record(Key("a" * 40, "another-model", "1"), {"nsfw": 0.99})
     assert policy.stamp(other) is other
-    unreadable = Record(Key("a" * 40, "nsfw-detection", "1"), {"x": 0.99})
-    assert policy.stamp(unreadable) is unreadable
+
+
+def test_what_the_policy_cannot_read_is_stamped_undecided_counted_and_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    policy = Policy.model_validate({**GOOD, "version": "renamed-label-test"})
+    # A model version that renamed its positive class: every result is unreadable.
+    renamed = [
+        Record(Key(hashlib.sha1(bytes([n])).hexdigest(), "nsfw-detection", "3"), {"porn": 0.99})
+        for n in range(12)
+    ]
+    with caplog.at_level(logging.WARNING, logger="moderation"):
+        stamped = [policy.stamp(record) for record in renamed]
+    first = stamped[0]
+    assert (first.state, first.policy_score, first.policy_version) == (
+        None, None, "renamed-label-test"
+    )
+    assert first.reason == "not decided: nsfw-detection scores ['porn'] lack 'nsfw'"
+    assert first.scores == {"porn": 0.99}
+    assert undecided_counts()[("renamed-label-test", "nsfw-detection")] == 12
+    # A warning for the 1st and the 10th, naming the model and the reason, never a file.
+    warnings = [r.getMessage() for r in caplog.records if r.name == "moderation"]
+    assert warnings == [
+        f"policy renamed-label-test could not decide {n} result(s) of nsfw-detection so far "
+        "(they wait in the review queue as undecided); the latest: not decided: "
+        "nsfw-detection scores ['porn'] lack 'nsfw'"
+        for n in (1, 10)
+    ]
+    assert not any(record.key.sha1 in text for record in renamed for text in warnings)
+    # judge is what stamp and apply_policy share.
+    assert policy.judge("nsfw-detection", {"nsfw": 0.95}) == Judgement(
+        "withhold_all", "nsfw 0.950 ≥ withhold_all 0.9 (policy renamed-label-test)", 0.95
+    )
+    assert policy.judge("nsfw-detection", "garbage") == Judgement(  # type: ignore[arg-type]
+        None, "not decided: nsfw-detection scores are str, not a mapping", None
+    )
 
 
 @pytest.mark.parametrize(

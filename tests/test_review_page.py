@@ -1,7 +1,9 @@
 """The review page (`review/`), as a real server (`python -m review`) on a live store: in
-headless Chromium from Debian's packages (keyboard review, paging, verdicts reaching the
-store and the quality report), and over plain HTTP for what a browser hides (login, CSRF,
-the bearer API, filters, paging bounds). The HTTP tests run on SQLite and PostgreSQL."""
+headless Chromium from Debian's packages (keyboard review of the flagged queue and the audit
+sample, paging, verdicts reaching the store and the quality report), and over plain HTTP for
+what a browser hides (login before anything, sessions ending, CSRF, the bearer API, filters,
+paging bounds). The HTTP tests run on SQLite and PostgreSQL. Every test migrates its store
+itself: the page does not."""
 
 from __future__ import annotations
 
@@ -13,11 +15,15 @@ import os
 import re
 import subprocess
 import sys
+import time
+from base64 import b64encode
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
+import itsdangerous
 import pytest
 import sqlalchemy
 from selenium.webdriver import ActionChains
@@ -36,7 +42,14 @@ from devtools.review_demo import (
 )
 from moderation.policy import load_policy
 from store import Key, Record, ScoreStore, open_store
-from store.review import QueueItem, Verdict, add_verdict, review_queue, verdicts
+from store.review import (
+    QueueItem,
+    Verdict,
+    add_verdict,
+    review_queue,
+    session_generation,
+    verdicts,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORTS = ROOT / "build" / "test-reports"
@@ -46,6 +59,9 @@ SEEDED = 40
 # A stored title no real Commons file has, to show it is escaped everywhere it is shown.
 HOSTILE_TITLE = 'File:Logo "quoted" <script>alert(1)</script> & more.png'
 HOSTILE_SHA1 = hashlib.sha1(b"hostile").hexdigest()
+# A result whose scores the policy cannot read (a model version that renamed its label).
+UNDECIDED_SHA1 = hashlib.sha1(b"renamed label").hexdigest()
+MODELS = tuple(sorted(load_policy().models))
 WAIT_S = 20
 
 _databases = itertools.count()
@@ -58,9 +74,21 @@ def env(database_url: str, reviewers_file: Path, commons_url: str) -> dict[str, 
 
 
 def seeded_store(url: str) -> ScoreStore:
+    """A store at the newest schema (the page does not migrate), seeded."""
     store = open_store(url)
     policy = load_policy()
     seed(store, policy, SEEDED)
+    store.put(
+        [
+            policy.stamp(
+                Record(
+                    Key(UNDECIDED_SHA1, "nsfw-detection", "3"),
+                    {"porn": 0.9, "neutral": 0.1},
+                    titles=("File:Renamed label.jpg",),
+                )
+            )
+        ]
+    )
     scores = {"logo": 0.99, "out_of_domain": 0.01}
     decision = policy.decide("logo-detection", scores)
     store.put(
@@ -131,12 +159,18 @@ def csrf_of(response: httpx.Response) -> str:
     return found.group(1)
 
 
-def login(client: httpx.Client, reviewer: str = "alice") -> str:
+def login(client: httpx.Client, reviewer: str = "alice", tokens: dict[str, str] = TOKENS) -> str:
     """Logs ``client`` in; returns the session's new CSRF token."""
     token = csrf_of(client.get("/login"))
-    response = client.post("/login", data={"csrf_token": token, "token": TOKENS[reviewer]})
+    response = client.post("/login", data={"csrf_token": token, "token": tokens[reviewer]})
     assert response.status_code == 303, response.text
-    return csrf_of(client.get("/"))
+    page = client.get("/")
+    assert page.status_code == 200, page.text[:2000]
+    return csrf_of(page)
+
+
+def sent_to_login(response: httpx.Response) -> bool:
+    return response.status_code == 303 and response.headers["location"].startswith("/login")
 
 
 def error_of(response: httpx.Response) -> str:
@@ -164,8 +198,9 @@ def first_unreviewed(
     return next(item for item in items if item.sha1 != HOSTILE_SHA1)
 
 
-def report_counts(database_url: str, out: Path) -> dict[tuple[str, str], tuple[int, int]]:
-    """(confirmed, rejected) per model and version, from `commons-moderation report`."""
+def report_of(database_url: str, out: Path) -> dict[str, Any]:
+    """`commons-moderation report`'s report.json."""
+
     result = subprocess.run(
         [
             sys.executable,
@@ -186,11 +221,7 @@ def report_counts(database_url: str, out: Path) -> dict[tuple[str, str], tuple[i
         timeout=120,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    report = json.loads((out / "report.json").read_text())
-    return {
-        (row["model"], row["model_version"]): (row["confirmed"], row["rejected"])
-        for row in report["models"]
-    }
+    return dict(json.loads((out / "report.json").read_text()))
 
 
 def verdict_form(csrf: str | None, item: QueueItem, verdict: str = "confirmed") -> dict[str, str]:
@@ -198,6 +229,7 @@ def verdict_form(csrf: str | None, item: QueueItem, verdict: str = "confirmed") 
         "sha1": item.sha1,
         "model": item.model,
         "verdict": verdict,
+        "sample": "queue",
         "back": "/",
         "position": "0",
     }
@@ -210,6 +242,7 @@ def verdict_form(csrf: str | None, item: QueueItem, verdict: str = "confirmed") 
 
 
 def test_headers_escaping_and_thumbnails(client: httpx.Client) -> None:
+    login(client)
     response = client.get("/?model=logo-detection")
     assert response.status_code == 200
     csp = response.headers["content-security-policy"]
@@ -249,19 +282,52 @@ def test_login_sets_a_strict_http_only_session(client: httpx.Client) -> None:
     assert csrf_of(page) != csrf
 
 
+def test_only_login_static_files_and_health_are_open_to_visitors(
+    client: httpx.Client, store: ScoreStore
+) -> None:
+    for path in ("/", "/?reviewed=1", "/?sample=audit", "/?state=withhold_all&offset=10"):
+        response = client.get(path)
+        assert sent_to_login(response), path
+        # Nothing of the queue: no file, no title, no reviewer.
+        assert "data-sha1" not in response.text and "File:" not in response.text
+    assert client.get("/").headers["location"] == "/login"
+    wanted = "/?sample=audit&model=nsfw-detection"
+    assert client.get(wanted).headers["location"] == (
+        "/login?next=%2F%3Fsample%3Daudit%26model%3Dnsfw-detection"
+    )
+    assert client.get("/healthz").text == "ok"
+    assert client.get("/static/review.css").status_code == 200
+    login_page = client.get("/login?next=%2F%3Fsample%3Daudit%26model%3Dnsfw-detection")
+    assert login_page.status_code == 200 and 'id="token"' in login_page.text
+    assert "data-sha1" not in login_page.text
+
+    # After logging in, the reviewer lands where they were going; anywhere else is the queue.
+    for given, lands in [
+        (wanted, "/?sample=audit&model=nsfw-detection"),
+        ("//evil.example/", "/"),
+        ("https://evil.example/?x=1", "/"),
+        ("/?model=cat-detection", "/"),
+        ("/\\evil.example", "/"),
+    ]:
+        with httpx.Client(base_url=str(client.base_url), timeout=30) as fresh:
+            csrf = csrf_of(fresh.get("/login"))
+            response = fresh.post(
+                "/login", data={"csrf_token": csrf, "token": TOKENS["alice"], "next": given}
+            )
+            assert response.status_code == 303 and response.headers["location"] == lands, given
+
+
 def test_writes_need_a_logged_in_reviewer(client: httpx.Client, store: ScoreStore) -> None:
     item = first_unreviewed(store)
     before = verdicts(store)
-    page = client.get("/")
-    assert 'action="/verdicts"' not in page.text  # no forms for visitors
     anonymous = client.post("/verdicts", data=verdict_form(csrf_of(client.get("/login")), item))
     assert anonymous.status_code == 403
     assert "not logged in" in error_of(anonymous)
 
-    login(client)
-    page = client.get("/")
-    out = client.post("/logout", data={"csrf_token": csrf_of(page)})
-    assert out.status_code == 303
+    page_csrf = login(client)
+    out = client.post("/logout", data={"csrf_token": page_csrf})
+    assert out.status_code == 303 and out.headers["location"] == "/login"
+    assert sent_to_login(client.get("/"))
     after_logout = client.post("/verdicts", data=verdict_form(csrf_of(client.get("/login")), item))
     assert after_logout.status_code == 403
     assert "not logged in" in error_of(after_logout)
@@ -333,7 +399,13 @@ def test_api_verdicts_and_their_errors(
     client: httpx.Client, server: ReviewServer, store: ScoreStore
 ) -> None:
     item = first_unreviewed(store, "nsfw-detection", "withhold_popular")
-    body = {"sha1": item.sha1, "model": item.model, "verdict": "confirmed", "note": "clearly"}
+    body = {
+        "sha1": item.sha1,
+        "model": item.model,
+        "verdict": "confirmed",
+        "note": "clearly",
+        "sample": "audit",
+    }
     bearer = {"Authorization": f"Bearer {TOKENS['bob']}"}
     before = verdicts(store)
 
@@ -357,6 +429,7 @@ def test_api_verdicts_and_their_errors(
         ({"json": {**body, "sha1": "xyz"}}, 400, "sha1"),
         ({"json": {k: v for k, v in body.items() if k != "verdict"}}, 400, "verdict"),
         ({"json": {**body, "verdict": "maybe"}}, 400, "verdict"),
+        ({"json": {**body, "sample": "random"}}, 400, "sample: must be one of queue, audit"),
         ({"json": {**body, "extra": 1}}, 400, "extra"),
         ({"json": {**body, "note": "n" * 5000}}, 400, "note"),
         ({"json": {**body, "model": "cat-detection"}}, 400, "cat-detection"),
@@ -376,12 +449,18 @@ def test_api_verdicts_and_their_errors(
     assert created.status_code == 201, created.text
     assert created.json() | {"at": None} == {**body, "reviewer": "bob", "at": None}
     added = verdicts(store)[len(before) :]
-    assert [(v.sha1, v.model, v.verdict, v.reviewer, v.note) for v in added] == [
-        (item.sha1, item.model, "confirmed", "bob", "clearly")
+    assert [(v.sha1, v.model, v.verdict, v.reviewer, v.note, v.sample) for v in added] == [
+        (item.sha1, item.model, "confirmed", "bob", "clearly", "audit")
     ]
+    # Without "sample", a verdict is from the flagged queue.
+    other = first_unreviewed(store, "logo-detection")
+    created = post(bearer, json={"sha1": other.sha1, "model": other.model, "verdict": "rejected"})
+    assert created.status_code == 201 and created.json()["sample"] == "queue"
+    assert verdicts(store)[-1].sample == "queue"
 
 
 def test_filters(client: httpx.Client, store: ScoreStore) -> None:
+    login(client)
     reviewed = first_unreviewed(store, "nsfw-detection", "withhold_popular")
     add_verdict(
         store,
@@ -392,33 +471,55 @@ def test_filters(client: httpx.Client, store: ScoreStore) -> None:
         {"model": "nsfw-detection", "state": "withhold_popular"},
         {"state": "withhold_all"},
         {"state": "ok"},
+        {"state": "undecided"},
         {"reviewed": "1"},
+        {"sample": "audit"},
+        {"sample": "audit", "model": "nsfw-detection"},
     ):
         response = client.get("/", params={**params, "limit": "100"})
         assert response.status_code == 200, response.text[:500]
         expected = review_queue(
             store,
             model=params.get("model"),
+            models=MODELS,
             state=params.get("state"),
             reviewed=params.get("reviewed") == "1",
+            audit=params.get("sample") == "audit",
             limit=100,
         )
         assert shown(response) == keys(expected.items), params
         assert expected.total > 0, params
         if "model" in params:
             assert {model for _, model in shown(response)} == {params["model"]}
+    # The flagged queue ends with what the policy could not decide; the audit sample has
+    # every state, ok included, in SHA-1 order.
+    flagged = shown(client.get("/", params={"limit": "100"}))
+    assert flagged[-1] == (UNDECIDED_SHA1, "nsfw-detection")
+    audit = client.get("/", params={"sample": "audit", "limit": "100"})
+    assert shown(audit) == sorted(shown(audit))
+    assert set(re.findall(r'data-state="([a-z_]+)"', audit.text)) == {
+        "withhold_all",
+        "withhold_popular",
+        "needs_review",
+        "ok",
+        "undecided",
+    }
+    assert audit.text.count('name="sample" value="audit"') == len(shown(audit)) + 1
     for query, named in [
         ("model=cat-detection", "unknown model 'cat-detection'"),
         ("state=fine", "unknown state 'fine'"),
         ("reviewed=maybe", "reviewed must be 0 or 1"),
+        ("sample=random", "unknown sample 'random'"),
+        ("sample=audit&state=ok", "the audit sample takes no state filter"),
     ]:
         response = client.get(f"/?{query}")
         assert response.status_code == 400 and named in error_of(response), query
 
 
 def test_pages_and_their_bounds(client: httpx.Client, store: ScoreStore) -> None:
-    everything = review_queue(store, limit=200)
-    assert everything.total > 2 * PAGE
+    login(client)
+    everything = review_queue(store, models=MODELS, limit=100)
+    assert 2 * PAGE < everything.total <= 100
     seen: list[tuple[str, str]] = []
     url: str | None = "/"
     while url is not None:
@@ -446,7 +547,7 @@ def test_pages_and_their_bounds(client: httpx.Client, store: ScoreStore) -> None
     assert client.get("/nowhere").status_code == 404
 
 
-def test_refuses_to_start_without_a_secret_or_reviewers(
+def test_refuses_to_start_without_a_secret_reviewers_or_a_migrated_store(
     reviewers_file: Path, tmp_path: Path
 ) -> None:
     url = f"sqlite:///{tmp_path / 'scores.sqlite3'}"
@@ -470,11 +571,25 @@ def test_refuses_to_start_without_a_secret_or_reviewers(
         ({"REVIEWERS_FILE": None}, "REVIEWERS_FILE is not set"),
         ({"REVIEWERS_FILE": str(tmp_path / "absent.yaml")}, "absent.yaml"),
         ({"COMMONS_URL": "javascript:alert(1)"}, "COMMONS_URL must be an http(s) URL"),
+        # The page does not migrate: an empty store is refused, naming what to run.
+        ({}, "the score store's schema is at revision (none: empty)"),
+        ({}, "migrate it with `commons-moderation migrate`"),
     ]:
         result = start(**changes)
         assert result.returncode != 0, changes
         assert named in result.stderr, (changes, result.stderr[-2000:])
+    with sqlalchemy.create_engine(url).connect() as conn:
+        assert sqlalchemy.inspect(conn).get_table_names() == []  # it changed nothing
 
+    migrated = subprocess.run(
+        [sys.executable, "-m", "moderation", "migrate", "--database-url", url],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert migrated.returncode == 0, migrated.stderr[-2000:]
     dev = {**base, "REVIEW_DEV": "true"}
     dev.pop("REVIEW_SECRET_KEY")
     with ReviewServer(dev) as running:
@@ -482,6 +597,91 @@ def test_refuses_to_start_without_a_secret_or_reviewers(
         assert "REVIEW_DEV: sessions are signed with a secret made for this process" in (
             running.log()
         )
+
+    # Where the page may change the schema, it migrates when told to.
+    other = f"sqlite:///{tmp_path / 'other.sqlite3'}"
+    with ReviewServer({**base, "DATABASE_URL": other, "REVIEW_STORE_MIGRATE": "true"}) as running:
+        assert httpx.get(f"{running.url}/healthz").text == "ok"
+    with sqlalchemy.create_engine(other).connect() as conn:
+        assert "verdicts" in sqlalchemy.inspect(conn).get_table_names()
+
+
+def session_cookie(secret: str, session: dict[str, Any]) -> str:
+    """A session cookie as the page signs one (Starlette's SessionMiddleware)."""
+    data = b64encode(json.dumps(session).encode())
+    return itsdangerous.TimestampSigner(secret).sign(data).decode()
+
+
+def test_sessions_end_with_their_lifetime_a_logout_or_the_reviewer(
+    store: ScoreStore, tmp_path: Path
+) -> None:
+    tokens = {"dora": "dora-token-0123456789abcdef", "erin": "erin-token-0123456789abcdef"}
+    reviewers = tmp_path / "reviewers.yaml"
+    reviewers.write_text(reviewers_yaml(tokens))
+    settings = {
+        **env(store.url, reviewers, "https://commons.example.org"),
+        "REVIEW_SESSION_HOURS": "1",
+    }
+    secret = settings["REVIEW_SECRET_KEY"]
+    item = first_unreviewed(store)
+    before = verdicts(store)
+    with ReviewServer(settings) as server:
+
+        def client(cookie: str | None = None) -> httpx.Client:
+            cookies = {"review_session": cookie} if cookie is not None else None
+            return httpx.Client(base_url=server.url, timeout=30, cookies=cookies)
+
+        # A session is good for REVIEW_SESSION_HOURS from its login, however busy.
+        generation = session_generation(store, "dora")
+        for age_s, good in ((60, True), (3600 - 60, True), (3600 + 60, False)):
+            session = {
+                "reviewer": "dora",
+                "since": int(time.time()) - age_s,
+                "generation": generation,
+                "csrf": "c" * 43,
+            }
+            with client(session_cookie(secret, session)) as http:
+                response = http.get("/")
+                if good:
+                    assert response.status_code == 200 and '<span id="reviewer">dora</span>' in (
+                        response.text
+                    ), age_s
+                else:
+                    assert sent_to_login(response), age_s
+                    assert "Your session has ended" in http.get("/login").text
+
+        # Logging out ends the session for a copy of its cookie too.
+        with client() as http:
+            csrf = login(http, "erin", tokens)
+            copied = http.cookies["review_session"]
+            assert http.post("/logout", data={"csrf_token": csrf}).status_code == 303
+        with client(copied) as replay:
+            assert sent_to_login(replay.get("/"))
+        with client(copied) as replay:
+            refused = replay.post("/verdicts", data=verdict_form(csrf, item))
+            assert refused.status_code == 403 and "not logged in" in error_of(refused)
+        with client() as http:
+            login(http, "erin", tokens)  # a new login is a new session
+
+        # A reviewer taken out of the file is out from their next request on.
+        with client() as http:
+            login(http, "dora", tokens)
+            reviewers.write_text(reviewers_yaml({"erin": tokens["erin"]}))
+            assert sent_to_login(http.get("/"))
+            csrf = csrf_of(http.get("/login"))
+            again = http.post("/login", data={"csrf_token": csrf, "token": tokens["dora"]})
+            assert again.status_code == 403 and "belongs to no reviewer" in again.text
+            bearer = {"Authorization": f"Bearer {tokens['dora']}"}
+            api = http.post(
+                "/api/verdicts",
+                headers=bearer,
+                json={"sha1": item.sha1, "model": item.model, "verdict": "rejected"},
+            )
+            assert api.status_code == 403
+        with client() as http:
+            login(http, "erin", tokens)
+        assert "reviewers file" in server.log() and "read again: 1 reviewers" in server.log()
+    assert verdicts(store) == before
 
 
 # In a browser ------------------------------------------------------------------------------
@@ -532,43 +732,66 @@ def thumbnails_loaded(browser: WebDriver) -> bool:
     )
 
 
+_URL = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s'\"]+")
+
+
+def own_problems(browser: WebDriver, origin: str) -> list[dict[str, Any]]:
+    """SEVERE console entries from the app's own origin: those naming one of its URLs (a
+    CSP violation on its page, a file it failed to serve), and those naming no URL at all
+    (a script error or blocked inline script, on the only pages the browser shows: the
+    app's). Entries naming only other origins are Chromium's own noise or the Commons
+    stand-in's, not the app's."""
+    problems = []
+    for entry in browser.get_log("browser"):
+        urls = _URL.findall(entry["message"])
+        if entry["level"] == "SEVERE" and (
+            not urls or any(url.startswith(f"{origin}/") or url == origin for url in urls)
+        ):
+            problems.append(entry)
+    return problems
+
+
 def test_review_by_keyboard_in_chromium(
     browser: WebDriver, reviewers_file: Path, tmp_path: Path
 ) -> None:
     url = f"sqlite:///{tmp_path / 'scores.sqlite3'}"
     store = seeded_store(url)
-    report_before = report_counts(url, tmp_path / "report-before")
+    assert report_of(url, tmp_path / "report-before")["models"] == []
     wait = WebDriverWait(browser, WAIT_S)
+    problems: list[dict[str, Any]] = []
     with (
         FakeFilePath() as commons,
         ReviewServer(env(url, reviewers_file, commons.base_url)) as server,
     ):
-        browser.get(f"{server.url}/")
-        wait.until(ready.presence_of_element_located((By.ID, "item-0")))
-        pages = [keys(review_queue(store, offset=o, limit=PAGE).items) for o in (0, PAGE, 2 * PAGE)]
+        # Visitors see nothing but the login page, which leads back where they were going.
+        browser.get(f"{server.url}/?offset={PAGE}")
+        wait.until(ready.presence_of_element_located((By.ID, "token")))
+        assert urlsplit(browser.current_url).path == "/login"
+        assert browser.find_elements(By.CSS_SELECTOR, "li.item") == []
+        browser.find_element(By.ID, "token").send_keys(TOKENS["alice"])
+        browser.find_element(By.ID, "login-button").click()
+        wait.until(ready.text_to_be_present_in_element((By.ID, "flash"), "Logged in as alice"))
+        assert browser.find_element(By.ID, "reviewer").text == "alice"
+        assert f"offset={PAGE}" in browser.current_url
+
+        pages = [
+            keys(review_queue(store, models=MODELS, offset=o, limit=PAGE).items)
+            for o in (0, PAGE, 2 * PAGE)
+        ]
+        assert on_page(browser) == pages[1]
+        press(browser, "p", navigates=True)
         assert on_page(browser) == pages[0]
         assert selected(browser) == "item-0"
         # Thumbnails come from (the stand-in for) Commons, and the page's CSP lets them in.
         wait.until(thumbnails_loaded)
         assert len(commons.thumbnails_served()) >= PAGE
-        # Visitors see no verdict forms: the keys do nothing.
-        assert browser.find_elements(By.CSS_SELECTOR, "form.act") == []
-
         press(browser, "n", navigates=True)
         assert on_page(browser) == pages[1]
-        assert f"offset={PAGE}" in browser.current_url
         press(browser, "n", navigates=True)
         assert on_page(browser) == pages[2]
         press(browser, "p", navigates=True)
         press(browser, "p", navigates=True)
         assert on_page(browser) == pages[0]
-
-        browser.find_element(By.ID, "login-link").click()
-        wait.until(ready.presence_of_element_located((By.ID, "token")))
-        browser.find_element(By.ID, "token").send_keys(TOKENS["alice"])
-        browser.find_element(By.ID, "login-button").click()
-        wait.until(ready.text_to_be_present_in_element((By.ID, "flash"), "Logged in as alice"))
-        assert browser.find_element(By.ID, "reviewer").text == "alice"
 
         for key, then in (("j", "item-1"), ("j", "item-2"), ("k", "item-1")):
             press(browser, key, navigates=False)
@@ -590,27 +813,55 @@ def test_review_by_keyboard_in_chromium(
         press(browser, "r", navigates=True)
         assert flash(browser).startswith("Rejected: ")
         assert rejected not in on_page(browser)
-        assert on_page(browser) == keys(review_queue(store, limit=PAGE).items)
+        assert on_page(browser) == keys(review_queue(store, models=MODELS, limit=PAGE).items)
 
         REPORTS.mkdir(parents=True, exist_ok=True)
         browser.save_screenshot(str(REPORTS / "review-page.png"))
-        # No CSP violation, failed script or missing file on any page shown.
-        problems = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
-        assert problems == [], problems
+        problems += own_problems(browser, server.url)
 
         browser.get(f"{server.url}/?reviewed=1")
         wait.until(ready.presence_of_element_located((By.ID, "item-0")))
         assert set(on_page(browser)) == {confirmed, rejected}
 
-    given = [(v.sha1, v.model, v.verdict, v.reviewer, v.note) for v in verdicts(store)]
+        # The audit sample: every state in SHA-1 order; its verdicts say where they came from.
+        browser.find_element(By.ID, "tab-audit").click()
+        wait.until(ready.presence_of_element_located((By.ID, "about-sample")))
+        audit_page = keys(review_queue(store, models=MODELS, audit=True, limit=PAGE).items)
+        assert on_page(browser) == audit_page
+        audited = audit_page[0]
+        press(browser, "c", navigates=True)
+        assert flash(browser).startswith("Confirmed: ")
+        assert "sample=audit" in browser.current_url
+        assert on_page(browser)[0] == audit_page[1]
+        problems += own_problems(browser, server.url)
+
+    # No CSP violation, failed script or missing file on any of the app's pages.
+    assert problems == [], problems
+    given = [(v.sha1, v.model, v.verdict, v.reviewer, v.note, v.sample) for v in verdicts(store)]
     assert given == [
-        (*confirmed, "confirmed", "alice", "c r n"),
-        (*rejected, "rejected", "alice", None),
+        (*confirmed, "confirmed", "alice", "c r n", "queue"),
+        (*rejected, "rejected", "alice", None, "queue"),
+        (*audited, "confirmed", "alice", None, "audit"),
     ]
     store.dispose()
-    expected = dict(report_before)
-    for (_, model), column in ((confirmed, 0), (rejected, 1)):
-        counts = list(expected.get((model, "2"), (0, 0)))
-        counts[column] += 1
-        expected[(model, "2")] = (counts[0], counts[1])
-    assert report_counts(url, tmp_path / "report-after") == expected
+    latest: dict[tuple[str, str], str] = {}
+    for sha1, model, verdict, *_ in given:
+        latest[(sha1, model)] = verdict
+    expected = {}
+    for model in sorted({model for _, model in latest}):
+        labels = [v for (_, m), v in latest.items() if m == model]
+        audit = [v for (s, m), v in latest.items() if m == model and (s, m) == audited]
+        expected[(model, "2")] = (
+            labels.count("confirmed"),
+            labels.count("rejected"),
+            {
+                "verdicts": len(audit),
+                "confirmed": audit.count("confirmed"),
+                "rejected": audit.count("rejected"),
+            },
+        )
+    report = report_of(url, tmp_path / "report-after")
+    assert {
+        (row["model"], row["model_version"]): (row["confirmed"], row["rejected"], row["audit"])
+        for row in report["models"]
+    } == expected

@@ -33,6 +33,7 @@ TABLES = {
     "watch_positions",
     "watch_pending",
     "verdicts",
+    "review_sessions",
 }
 
 

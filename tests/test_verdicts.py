@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+import sqlalchemy
 import yaml
 from click.testing import Result
 from typer.testing import CliRunner
@@ -19,14 +21,31 @@ from moderation.policy import Policy, load_policy
 from moderation.reviewers import Reviewers, hash_token, new_token
 from store import Key, Record, ScoreStore, open_store
 from store.review import (
+    AUDIT,
     MAX_PAGE,
+    QUEUE_STATES,
+    SAMPLES,
     STATES,
+    UNDECIDED,
+    VERDICTS,
     Verdict,
     add_verdict,
     apply_policy,
+    end_sessions,
     labelled,
     review_queue,
+    session_generation,
     verdicts,
+    version_order,
+)
+from store.schema import (
+    MODEL_LENGTH,
+    POLICY_VERSION_LENGTH,
+    SAMPLE_LENGTH,
+    STATE_LENGTH,
+    VERDICT_LENGTH,
+    ReviewVerdict,
+    Score,
 )
 
 NSFW, LOGO, VIDEO = "nsfw-detection", "logo-detection", "nsfw-video-detection"
@@ -96,6 +115,9 @@ def test_verdicts_are_validated() -> None:
         Verdict(sha1(1), NSFW, "confirmed", "alice", T0, note="x" * 2001)
     with pytest.raises(ValueError, match="model"):
         Verdict(sha1(1), "", "confirmed", "alice", T0)
+    with pytest.raises(ValueError, match="sample must be one of queue, audit"):
+        Verdict(sha1(1), NSFW, "confirmed", "alice", T0, sample="random")
+    assert Verdict(sha1(1), NSFW, "confirmed", "alice", T0).sample == "queue"
     local = Verdict(sha1(1), NSFW, "rejected", "alice", datetime(2026, 1, 1, 3, tzinfo=timezone(
         timedelta(hours=3))))
     assert local.at == T0 and local.at.tzinfo == UTC
@@ -113,15 +135,34 @@ def test_a_verdict_needs_a_stored_result(store: ScoreStore) -> None:
 def test_verdicts_are_an_append_only_history(store: ScoreStore) -> None:
     store.put([nsfw(1, 0.95), logo(1, 0.7), nsfw(2, 0.1)])
     first = verdict(1, note="clearly explicit")
+    other = verdict(1, LOGO, "rejected", sample=AUDIT)
     second = verdict(1, value="rejected", reviewer="bob", at=T0 + timedelta(hours=2))
-    other = verdict(1, LOGO, "rejected")
-    for v in (second, first, other):
+    for v in (first, other, second):
         add_verdict(store, v)
     assert verdicts(store) == [first, other, second]
     assert verdicts(store, model=LOGO) == [other]
-    # The latest verdict counts, whatever order they were added in.
     (row,) = labelled(store, model=NSFW)
     assert row.verdict == second and row.scores == {"nsfw": 0.95, "sfw": pytest.approx(0.05)}
+    assert not row.audited
+    (audited,) = labelled(store, model=LOGO)
+    assert audited.audited and audited.verdict == other
+
+
+def test_the_latest_verdict_is_the_last_recorded_whatever_the_clocks_say(
+    store: ScoreStore,
+) -> None:
+    store.put([nsfw(1, 0.95)])
+    # Bob's verdict comes first, from a clock a day ahead; Alice's comes after it, from a
+    # true clock: hers is the newer verdict, and it counts.
+    ahead = verdict(1, value="rejected", reviewer="bob", at=T0 + timedelta(days=1))
+    later = verdict(1, value="confirmed", reviewer="alice", at=T0 + timedelta(hours=1))
+    add_verdict(store, ahead)
+    add_verdict(store, later)
+    assert verdicts(store) == [ahead, later]  # recorded order; each keeps its own time
+    (row,) = labelled(store)
+    assert row.verdict == later
+    (item,) = review_queue(store, reviewed=True).items
+    assert item.verdict == later
 
 
 def test_queue_order_states_and_filters(store: ScoreStore) -> None:
@@ -136,14 +177,21 @@ def test_queue_order_states_and_filters(store: ScoreStore) -> None:
     store.note_titles([(sha1(2), "File:B.jpg"), (sha1(2), "File:A.jpg")])
 
     page = review_queue(store)
+    # Flagged, most severe first, then what no policy decided.
     assert [(i.sha1, i.state) for i in page.items] == [
         (sha1(2), "withhold_all"),
         (sha1(1), "withhold_all"),
         (sha1(3), "withhold_popular"),
         (sha1(5), "withhold_popular"),
         (sha1(6), "needs_review"),
+        (sha1(8), UNDECIDED),
     ]
-    assert page.total == 5 and (page.offset, page.limit) == (0, 50)
+    assert page.total == 6 and (page.offset, page.limit) == (0, 50)
+    undecided = page.items[-1]
+    assert (undecided.score, undecided.policy_version) == (None, "")
+    assert undecided.reason == "no policy has decided this result yet"
+    assert [i.sha1 for i in review_queue(store, state=UNDECIDED).items] == [sha1(8)]
+    assert [i.sha1 for i in review_queue(store, models=[LOGO]).items] == [sha1(6)]
     top = page.items[0]
     assert top.titles == ("File:A.jpg", "File:B.jpg")
     assert (top.score, top.model, top.model_version, top.policy_version) == (0.99, NSFW, "1", "p1")
@@ -156,9 +204,9 @@ def test_queue_order_states_and_filters(store: ScoreStore) -> None:
     ]
     assert [i.sha1 for i in review_queue(store, state="ok").items] == [sha1(7), sha1(4)]
     second = review_queue(store, offset=1, limit=2)
-    assert [i.sha1 for i in second.items] == [sha1(1), sha1(3)] and second.total == 5
-    assert review_queue(store, limit=10_000).limit == MAX_PAGE
-    for bad in ({"state": "withheld"}, {"offset": -1}, {"limit": 0}):
+    assert [i.sha1 for i in second.items] == [sha1(1), sha1(3)] and second.total == 6
+    assert review_queue(store, limit=10_000).limit == MAX_PAGE == 100
+    for bad in ({"state": "withheld"}, {"offset": -1}, {"limit": 0}, {"audit": True, "state": "ok"}):
         with pytest.raises(ValueError):
             review_queue(store, **bad)  # type: ignore[arg-type]
 
@@ -184,6 +232,74 @@ def test_the_queue_shows_the_newest_version_only(store: ScoreStore) -> None:
     store.put([rules.stamp(r) for r in (old, new, still, again)])
     # File 1's newest version is ok: its flagged older row is no longer the answer.
     assert [(i.sha1, i.model_version) for i in review_queue(store).items] == [(sha1(2), "2")]
+
+
+@pytest.mark.parametrize(
+    ("older", "newer"),
+    [
+        ("9", "10"),
+        ("9;inline", "10"),
+        ("9", "10;inline"),
+        ("2", "2;inline"),
+        ("007", "8"),
+        ("99", "100;frames=300"),
+        ("beta", "1"),
+        ("alpha", "beta"),
+    ],
+)
+def test_a_tie_in_time_goes_to_the_newest_version_as_a_number(
+    store: ScoreStore, older: str, newer: str
+) -> None:
+    """One put stamps all its records with one time: the version decides, as a number."""
+    rules = policy()
+    assert version_order(older) < version_order(newer)
+    store.put([rules.stamp(nsfw(1, 0.95, version=older)), rules.stamp(nsfw(1, 0.7, version=newer))])
+    (item,) = review_queue(store).items
+    assert (item.model_version, item.state) == (newer, "withhold_popular")
+    (item,) = review_queue(store, audit=True).items
+    assert item.model_version == newer
+
+
+def check_version_orders_agree(store: ScoreStore) -> None:
+    versions = ["1", "2", "10", "10;inline", "10;a", "9;frames=300", "0010", "x", "x;1", "",
+                "2;a", "2;Z", "2;é", "100", "B", "a"]
+    pairs = list(itertools.combinations(versions, 2))
+    rules = policy()
+    # File n holds one pair of versions, both scored at one time.
+    store.put([rules.stamp(nsfw(n, 0.95, version=v)) for n, pair in enumerate(pairs) for v in pair])
+    shown = {}
+    for offset in range(0, len(pairs), MAX_PAGE):
+        for item in review_queue(store, audit=True, offset=offset, limit=MAX_PAGE).items:
+            shown[item.sha1] = item.model_version
+    assert shown == {sha1(n): max(pair, key=version_order) for n, pair in enumerate(pairs)}
+
+
+def test_the_python_and_sql_version_orders_agree(store: ScoreStore) -> None:
+    check_version_orders_agree(store)
+
+
+def test_the_version_order_holds_under_a_language_collation(postgres_url: str) -> None:
+    """On a database whose text sorts by language ("a" before "Z"), versions still compare
+    by code point, as Python compares them."""
+    admin = sqlalchemy.create_engine(
+        postgres_url, isolation_level="AUTOCOMMIT", poolclass=sqlalchemy.pool.NullPool
+    )
+    with admin.connect() as conn:
+        conn.exec_driver_sql(
+            "CREATE DATABASE versions_icu TEMPLATE template0 LOCALE_PROVIDER icu "
+            "ICU_LOCALE 'en-US' LOCALE 'C.utf8'"
+        )
+    url = sqlalchemy.make_url(postgres_url).set(database="versions_icu")
+    store = open_store(url.render_as_string(hide_password=False))
+    try:
+        with store.transaction(write=False) as conn:
+            assert conn.exec_driver_sql("SELECT 'Z' < 'a'").scalar() is False
+        check_version_orders_agree(store)
+    finally:
+        store.dispose()
+        with admin.connect() as conn:
+            conn.exec_driver_sql("DROP DATABASE versions_icu WITH (FORCE)")
+        admin.dispose()
 
 
 def test_a_policy_change_re_derives_states_and_keeps_scores_and_verdicts(
@@ -223,7 +339,13 @@ def test_apply_policy_works_in_chunks_and_marks_unreadable_rows(store: ScoreStor
     assert "lack 'nsfw'" in (got[broken.key].reason or "")
     assert got[other.key].policy_version is None
     assert got[many[99].key].state == "withhold_all" and got[many[99].key].policy_score == 0.99
-    assert review_queue(store).total == 12 * 40  # 0.6 to 0.99 in each full hundred
+    # 0.6 to 0.99 in each full hundred, and the unreadable row, listed as undecided.
+    assert review_queue(store, models=[NSFW]).total == 12 * 40 + 1
+    undecided = review_queue(store, state=UNDECIDED).items
+    assert [(i.sha1, i.reason) for i in undecided] == sorted([
+        (sha1(5000), "not decided: nsfw-detection scores ['unsafe'] lack 'nsfw'"),
+        (sha1(5001), "no policy has decided this result yet"),
+    ])
 
 
 def test_rescoring_keeps_verdicts(store: ScoreStore) -> None:
@@ -270,7 +392,74 @@ def test_states_are_the_policy_states() -> None:
     from moderation import policy as moderation_policy
 
     assert moderation_policy.STATES is STATES
-    assert load_policy().version
+    assert load_policy().version == "2026-11-30.1"
+
+
+def test_every_state_verdict_and_sample_fits_its_column() -> None:
+    columns = {
+        Score.__table__.c.state: (STATE_LENGTH, STATES),
+        ReviewVerdict.__table__.c.verdict: (VERDICT_LENGTH, VERDICTS),
+        ReviewVerdict.__table__.c.sample: (SAMPLE_LENGTH, SAMPLES),
+    }
+    for column, (length, values) in columns.items():
+        assert column.type.length == length, column
+        assert max(len(value) for value in values) <= length, (column, values)
+    # "undecided" is never stored (it is a NULL state), but the queue's filter takes it.
+    assert UNDECIDED in QUEUE_STATES and UNDECIDED not in STATES
+    assert Score.__table__.c.model.type.length == ReviewVerdict.__table__.c.model.type.length
+    assert Score.__table__.c.model.type.length == MODEL_LENGTH
+    assert Score.__table__.c.policy_version.type.length == POLICY_VERSION_LENGTH
+    long_name = "m" * (MODEL_LENGTH + 1)
+    with pytest.raises(ValueError, match=f"must be 1 to {MODEL_LENGTH} characters"):
+        Policy.model_validate(
+            {"version": "v", "models": {long_name: {"label": "x", "thresholds": {"needs_review": 0.5}}}}
+        )
+    with pytest.raises(ValueError, match=f"model must be 1 to {MODEL_LENGTH} characters"):
+        Verdict(sha1(1), long_name, "confirmed", "alice", T0)
+
+
+def test_the_audit_sample_serves_every_state_in_sha1_order(store: ScoreStore) -> None:
+    rules = policy()
+    records = [nsfw(n, (n % 10) / 10 + 0.05) for n in range(30)] + [logo(n, 0.8) for n in (3, 4)]
+    store.put([rules.stamp(r) for r in records] + [
+        Record(Key(sha1(99), NSFW, "1"), {"unsafe": 0.5}, scored_at=T0)
+    ])
+    everything = review_queue(store, audit=True, limit=100)
+    assert [(i.sha1, i.model) for i in everything.items] == sorted(
+        [(r.key.sha1, r.key.model) for r in records] + [(sha1(99), NSFW)]
+    )
+    assert {i.state for i in everything.items} == {*STATES[:2], "ok", UNDECIDED, "needs_review"}
+    # Pages are slices of one order.
+    pages = [review_queue(store, audit=True, offset=o, limit=7).items for o in range(0, 33, 7)]
+    assert [i for page in pages for i in page] == everything.items
+    assert [i.sha1 for i in review_queue(store, audit=True, model=LOGO).items] == sorted(
+        [sha1(3), sha1(4)]
+    )
+
+    top = everything.items[0]
+    # A verdict from the flagged queue does not take a file out of the audit sample, and the
+    # audit sample does not show it until the file's audit verdict is given.
+    add_verdict(store, Verdict(top.sha1, top.model, "confirmed", "bob", T0))
+    awaiting = review_queue(store, audit=True, limit=100)
+    assert awaiting.items[0].sha1 == top.sha1 and awaiting.items[0].verdict is None
+    audit_verdict = Verdict(top.sha1, top.model, "rejected", "alice", T0, sample=AUDIT)
+    add_verdict(store, audit_verdict)
+    assert [i.sha1 for i in review_queue(store, audit=True, limit=100).items] == [
+        i.sha1 for i in everything.items[1:]
+    ]
+    (done,) = review_queue(store, audit=True, reviewed=True).items
+    assert (done.sha1, done.verdict) == (top.sha1, audit_verdict)
+    # An audit verdict takes the file out of the flagged queue like any other.
+    assert top.sha1 not in {i.sha1 for i in review_queue(store, limit=100).items}
+
+
+def test_session_generations(store: ScoreStore) -> None:
+    assert session_generation(store, "alice") == 0
+    assert end_sessions(store, "alice") == 1
+    assert end_sessions(store, "alice") == 2
+    assert (session_generation(store, "alice"), session_generation(store, "bob")) == (2, 0)
+    with pytest.raises(ValueError, match="reviewer"):
+        end_sessions(store, "")
 
 
 @pytest.fixture
@@ -326,8 +515,19 @@ def test_the_cli_records_verdicts_and_applies_policies(
                 "--database-url", store.url, REVIEWERS_FILE=str(path))
     assert given.exit_code == 0, given.output
     (recorded,) = verdicts(store)
-    assert (recorded.reviewer, recorded.verdict, recorded.note) == (
-        "alice", "rejected", "a classical statue"
+    assert (recorded.reviewer, recorded.verdict, recorded.note, recorded.sample) == (
+        "alice", "rejected", "a classical statue", "queue"
+    )
+    audited = run("verdict", "--sha1", sha1(2), "--model", NSFW, "--verdict", "rejected",
+                  "--sample", "audit", "--token-file", str(token_file),
+                  "--database-url", store.url, REVIEWERS_FILE=str(path))
+    assert audited.exit_code == 0, audited.output
+    assert verdicts(store)[-1].sample == "audit"
+    bad_sample = run("verdict", "--sha1", sha1(2), "--model", NSFW, "--verdict", "rejected",
+                     "--sample", "random", "--token-file", str(token_file),
+                     "--database-url", store.url, REVIEWERS_FILE=str(path))
+    assert bad_sample.exit_code == 2 and "--sample must be one of queue, audit" in (
+        bad_sample.output
     )
 
     policy_file = tmp_path / "policy.yaml"
@@ -346,8 +546,28 @@ def test_the_cli_records_verdicts_and_applies_policies(
     reported = run("report", "--out", str(out), "--policy", str(policy_file),
                    "--database-url", store.url)
     assert reported.exit_code == 0, reported.output
-    assert "1 verdicts (0 confirmed, 1 rejected): too few verdicts to conclude" in reported.output
+    assert (
+        "2 verdicts (0 confirmed, 2 rejected), 1 in the audit sample (0 confirmed, 1 rejected): "
+        "too few verdicts to conclude"
+    ) in reported.output
     assert (out / "report.md").exists()
+
+
+def test_the_cli_migrates_an_empty_store(store_url: str) -> None:
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    from store.migrate import config
+
+    migrated = run("migrate", "--database-url", store_url)
+    assert migrated.exit_code == 0 and "schema is up to date" in migrated.output
+    bare = ScoreStore(store_url)
+    try:
+        with bare.transaction(write=False) as conn:
+            current = MigrationContext.configure(conn).get_current_revision()
+    finally:
+        bare.dispose()
+    assert current == ScriptDirectory.from_config(config(store_url)).get_current_head()
 
 
 def test_token_helpers(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from moderation.policy import DEFAULT_POLICY
+from store.scores import DEFAULT_DATABASE_URL
 
 DEFAULT_USER_AGENT = (
     "commons-moderation-inference/0.1 "
@@ -82,7 +83,7 @@ class Settings(BaseSettings):
     # Score store (transformer.score_cache): scores by file SHA-1, model and version.
     score_store: bool = True
     # SQLite file by default; production: postgresql+psycopg://user:password@host/db.
-    database_url: str = "sqlite:///build/store/scores.sqlite3"
+    database_url: str = DEFAULT_DATABASE_URL
     # Run the store's migrations when first opened (off where a deploy job runs them).
     score_store_migrate: bool = True
     # A store call slower than this is abandoned and the store left alone for retry_s.

@@ -1,4 +1,5 @@
-"""The moderation policy's decision on each stored result, and reviewers' verdicts.
+"""The moderation policy's decision on each stored result, reviewers' verdicts and the
+review page's session generations.
 
 Revision ID: 0002
 Revises: 0001
@@ -16,6 +17,8 @@ down_revision: str | Sequence[str] | None = "0001"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
+# Frozen here rather than imported from store.schema: a migration must keep creating what
+# it created when it was written.
 UTC_TIME = sa.DateTime(timezone=True)
 
 
@@ -36,12 +39,20 @@ def upgrade() -> None:
         sa.Column("reviewer", sa.String(128), nullable=False),
         sa.Column("at", UTC_TIME, nullable=False),
         sa.Column("note", sa.Text(), nullable=True),
+        sa.Column("sample", sa.String(8), nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_verdicts"),
     )
     op.create_index("ix_verdicts_sha1_model", "verdicts", ["sha1", "model"])
+    op.create_table(
+        "review_sessions",
+        sa.Column("reviewer", sa.String(128), nullable=False),
+        sa.Column("generation", sa.Integer(), nullable=False),
+        sa.PrimaryKeyConstraint("reviewer", name="pk_review_sessions"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("review_sessions")
     op.drop_index("ix_verdicts_sha1_model", table_name="verdicts")
     op.drop_table("verdicts")
     op.drop_index("ix_scores_state_model", table_name="scores")
