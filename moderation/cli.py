@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 import yaml
 
-from moderation.policy import load_policy
+from moderation.policy import Policy, load_policy
 from moderation.quality import BOOTSTRAP_RESAMPLES, MIN_PER_CLASS, TARGET_PRECISION, write_report
 from moderation.reviewers import Reviewers, hash_token, new_token
 from store import ScoreStore, StoreError, open_store
@@ -44,6 +44,13 @@ PolicyFile = typer.Option(
 def fail(message: str, code: int = 1) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code)
+
+
+def _policy(path: Path | None) -> Policy:
+    try:
+        return load_policy(path)
+    except ValueError as exc:
+        raise fail(str(exc), 2) from None
 
 
 def _open(url: str) -> ScoreStore:
@@ -134,10 +141,7 @@ def apply_policy_command(
     policy_file: Path | None = PolicyFile, database_url: str = DatabaseUrl
 ) -> None:
     """Re-decide stored results that another policy version (or none) decided."""
-    try:
-        policy = load_policy(policy_file)
-    except ValueError as exc:
-        raise fail(str(exc), 2) from None
+    policy = _policy(policy_file)
     store = _open(database_url)
     try:
         changed = apply_policy(store, policy)
@@ -163,10 +167,7 @@ def report(
     """Precision, recall and F1 at the policy's thresholds, from reviewers' verdicts (the
     audit sample's, and precision among reviewed flagged files): report.md, report.json and
     PNG figures in --out."""
-    try:
-        policy = load_policy(policy_file)
-    except ValueError as exc:
-        raise fail(str(exc), 2) from None
+    policy = _policy(policy_file)
     store = _open(database_url)
     try:
         written = write_report(

@@ -7,14 +7,12 @@ test session, on the model repository that ``make models`` generated.
 
 from __future__ import annotations
 
-import itertools
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import sqlalchemy
 
 from devtools import images, videos
 from devtools.fake_commons import FakeCommons
@@ -23,6 +21,7 @@ from preprocessing.specs import SPECS
 from stack import Stack
 from stack.launcher import WITHOUT_SCORE_STORE, StackError, commons_environment
 from tests import postgres
+from tests.postgres import fresh_database
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_REPOSITORY = ROOT / "model_repository"
@@ -109,24 +108,8 @@ def postgres_url() -> Iterator[str]:
     server.stop()
 
 
-_databases = itertools.count()
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh, empty database for one test, on each backend."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'store' / 'scores.sqlite3'}"
-        return
-    server_url = request.getfixturevalue("postgres_url")
-    name = f"test_{next(_databases)}"
-    admin = sqlalchemy.create_engine(
-        server_url, isolation_level="AUTOCOMMIT", poolclass=sqlalchemy.pool.NullPool
-    )
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    yield sqlalchemy.make_url(server_url).set(database=name).render_as_string(hide_password=False)
-    # FORCE: a store the test left open still holds connections.
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
-    admin.dispose()
+    with fresh_database(request, tmp_path) as url:
+        yield url

@@ -6,12 +6,18 @@ nothing outside the test run can reach it or collide with it.
 
 from __future__ import annotations
 
+import itertools
 import os
 import pwd
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+import pytest
+import sqlalchemy
 
 BINARIES = "/usr/lib/postgresql/*/bin"
 # Any port will do: it only names the socket file, inside a directory of our own.
@@ -97,3 +103,27 @@ class Server:
         if (self.data / "postmaster.pid").exists():
             self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "stop")
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+_databases = itertools.count()
+
+
+@contextmanager
+def fresh_database(request: pytest.FixtureRequest, directory: Path) -> Iterator[str]:
+    """The URL of a new, empty database on ``request.param``'s backend: a SQLite file in
+    ``directory``, or a database of its own on the suite's PostgreSQL server."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{directory / 'store' / 'scores.sqlite3'}"
+        return
+    server_url = request.getfixturevalue("postgres_url")
+    name = f"test_{next(_databases)}"
+    admin = sqlalchemy.create_engine(
+        server_url, isolation_level="AUTOCOMMIT", poolclass=sqlalchemy.pool.NullPool
+    )
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    yield sqlalchemy.make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    # FORCE: a store the test left open still holds connections.
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
+    admin.dispose()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import html
-import itertools
 import json
 import os
 import re
@@ -50,6 +49,7 @@ from store.review import (
     session_generation,
     verdicts,
 )
+from tests.postgres import fresh_database
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORTS = ROOT / "build" / "test-reports"
@@ -63,8 +63,6 @@ HOSTILE_SHA1 = hashlib.sha1(b"hostile").hexdigest()
 UNDECIDED_SHA1 = hashlib.sha1(b"renamed label").hexdigest()
 MODELS = tuple(sorted(load_policy().models))
 WAIT_S = 20
-
-_databases = itertools.count()
 
 
 def env(database_url: str, reviewers_file: Path, commons_url: str) -> dict[str, str]:
@@ -111,20 +109,8 @@ def seeded_store(url: str) -> ScoreStore:
 def database_url(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('review-store') / 'scores.sqlite3'}"
-        return
-    server_url = request.getfixturevalue("postgres_url")
-    name = f"review_{next(_databases)}"
-    admin = sqlalchemy.create_engine(
-        server_url, isolation_level="AUTOCOMMIT", poolclass=sqlalchemy.pool.NullPool
-    )
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    yield sqlalchemy.make_url(server_url).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
-    admin.dispose()
+    with fresh_database(request, tmp_path_factory.mktemp("review-store")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
