@@ -16,7 +16,7 @@ import pytest
 import typer
 
 from devtools.seed_verdicts import main as seed_verdicts_main
-from moderation.policy import Policy
+from moderation.policy import Policy, load_policy
 from moderation.quality import (
     Sample,
     among_flagged,
@@ -30,6 +30,7 @@ from moderation.quality import (
     wilson,
     write_report,
 )
+from preprocessing.specs import LOGO
 from store import Key, Record, ScoreStore, open_store
 from store.review import AUDIT, Verdict, add_verdict
 
@@ -329,8 +330,9 @@ def test_the_seeded_example_prints_an_undefined_precision(tmp_path: Path) -> Non
         ["--build", str(build), "--out", str(out), "--verdicts", "4", "--queue-verdicts", "0"],
     )
     assert result.exit_code == 0, result.output
+    threshold = load_policy().models["logo-detection"].thresholds["needs_review"]
     assert (
-        "logo-detection 2 needs_review ≥ 0.471, audit sample: precision undefined, recall "
-        "0.000, F1 0.000"
+        f"logo-detection {LOGO.version} needs_review ≥ {threshold:.3f}, audit sample: precision undefined, "
+        "recall 0.000, F1 0.000"
     ) in result.output
     assert len((out / "items.jsonl").read_text().splitlines()) == 4

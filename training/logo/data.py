@@ -173,17 +173,20 @@ def plan(packages: dict[str, Package]) -> list[Task]:
 
 
 def assign_splits(groups: set[str]) -> dict[str, str]:
-    """Split source groups with ``SEED``, stratified by the group's prefix: "brand",
-    "wordmark", "photo", "synthetic" and "figure-<kind>".
+    """Split source groups, stratified by the group's prefix: "brand", "wordmark", "photo",
+    "synthetic" and "figure-<kind>".
 
     Stratifying keeps the 44 photographs from being outnumbered by the synthetic images
     when the shares are drawn, and gives each split its share of every kind of figure.
+    Within a stratum the groups are ordered by a hash of their name (with ``SEED``), not
+    by a permutation of the list: adding or removing a source then moves only the groups
+    at the split boundaries, so the next model's training set does not take in the last
+    one's test sources.
     """
     splits: dict[str, str] = {}
-    rng = np.random.default_rng(SEED)
     for stratum in sorted({group.split(":", 1)[0] for group in groups}):
-        names = sorted(group for group in groups if group.split(":", 1)[0] == stratum)
-        order = [names[i] for i in rng.permutation(len(names))]
+        order = sorted((group for group in groups if group.split(":", 1)[0] == stratum),
+                       key=lambda group: (_seed(f"split:{group}"), group))
         n_test = round(len(order) * TEST_SHARE)
         n_val = round((len(order) - n_test) * VAL_SHARE)
         for i, group in enumerate(order):

@@ -40,7 +40,7 @@ def score(model: Path, images: np.ndarray) -> np.ndarray:
     return np.concatenate(batches)[:, LABELS.index("logo")]
 
 
-def evaluate(build: Path, downloads: Path, out: Path, baseline: Path | None = None) -> dict:
+def evaluate(build: Path, downloads: Path, out: Path, baselines: list[Path] = ()) -> dict:
     model = build / "model.onnx"
     metadata = {p.key: p.value for p in onnx.load(str(model), load_external_data=False).metadata_props}
     tasks = [task for task in data.plan(fetch_all(downloads)) if task.items[0].split == "test"]
@@ -107,7 +107,7 @@ def evaluate(build: Path, downloads: Path, out: Path, baseline: Path | None = No
         (out / stale).unlink(missing_ok=True)
     write_figures(out, rendered, scores, labels, kinds, summary, report)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    if baseline is not None:
+    for baseline in baselines:
         comparison = compare_baseline(baseline, images, labels, kinds, rendered)
         (out / f"baseline_v{comparison['model']['model_version']}.json").write_text(
             json.dumps(comparison, indent=2) + "\n")
@@ -273,8 +273,8 @@ def main(
                              help="Where the report and figures go."),
     build: Path = typer.Option(Path("build/logo"), help="The build's --out: model.onnx and scores.npz."),
     downloads: Path = typer.Option(Path("build"), help="Where the npm/, deb/ and pypi/ sources are."),
-    baseline: Path = typer.Option(None, help="A previous model.onnx to score on the same test split "
-                                             "(writes baseline_v<version>.json)."),
+    baseline: list[Path] = typer.Option([], help="A previous model.onnx to score on the same test split "
+                                                   "(writes baseline_v<version>.json); may be repeated."),
 ) -> None:
     print_report(evaluate(build, downloads, out, baseline))
     print(f"wrote {out}/report.json, roc.png, pr.png, reliability.png, worst_<kind>.png")

@@ -3,8 +3,9 @@
 The trunk is frozen on CPU up to its last MBConv block, so training needs only two
 things per item, both computed once by ONNX Runtime on the exported trunk graph (about 5x
 faster than eager torch on two cores; the very graph, normalisation included, the service
-runs): the pooled features ``[1280]`` the head trains on, and the last block's output
-``[320, 7, 7]`` (float16) from which ``tune`` fine-tunes the 1x1 head convolution with the head.
+runs): the pooled features ``[1280]`` the head trains on, and the input of the last MBConv block
+``[192, 7, 7]`` (float16) from which ``tune`` fine-tunes that block and the 1x1 head convolution
+with the head.
 
 Augmentation (``augment``) cannot run per step on fixed features; each training item may
 get ``AUG_VIEWS`` augmented views, seeded by the item, of which training draws one per epoch.
@@ -57,7 +58,7 @@ class Dataset:
     views: np.ndarray  # float32 [N_train, AUG_VIEWS, 1280]: augmented views of the train rows, in order
     data_digest: str  # sha256 of every item's id, label, split and pixels, augmented views included
     kinds: np.ndarray | None = None  # str [N]: data.KINDS
-    blocks: np.ndarray | None = None  # float16 [N, 320, 7, 7]: the last MBConv block's output
+    blocks: np.ndarray | None = None  # float16 [N, 192, 7, 7]: the last MBConv block's input
 
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         mask = self.splits == name

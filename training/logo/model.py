@@ -1,8 +1,9 @@
 """The logo detector: ImageNet EfficientNet-Lite0 features and a trained linear head.
 
-On CPU the backbone is frozen up to its last MBConv block; the 1x1 head convolution after it
-(and its batch norm's affine parameters) can be fine-tuned with the head on cached block
-outputs (``tune``). With a GPU its top blocks are fine-tuned on images (``finetune``).
+On CPU the backbone is frozen below its last MBConv block; that block and the 1x1 head
+convolution after it (batch norms: affine parameters only) are fine-tuned with the head on
+the cached input of that block (``tune``). With a GPU its top blocks are fine-tuned on images
+(``finetune``).
 
 Input is what the transformer sends: uint8 ``[N, 224, 224, 3]`` RGB (NHWC). The cast,
 the NHWC→NCHW transpose, the normalisation and the softmax are all part of the model,
@@ -43,27 +44,27 @@ class Backbone(nn.Module):
         return self.top(self.blocks(image))
 
     def blocks(self, image: torch.Tensor) -> torch.Tensor:
-        """uint8 NHWC images → the output of the last MBConv block, ``[N, 320, 7, 7]``.
+        """uint8 NHWC images → the input of the last MBConv block, ``[N, 192, 7, 7]``.
 
-        The same computation as ``EfficientNet.extract_features`` up to its head (drop-connect
+        The same computation as ``EfficientNet.extract_features`` up to there (drop-connect
         is inactive: the backbone is always in inference mode).
         """
         net = self.net
         x = (image.to(torch.float32).permute(0, 3, 1, 2) - MEAN) / STD
         x = net._swish(net._bn0(net._conv_stem(x)))
-        for block in net._blocks:
+        for block in net._blocks[:-1]:
             x = block(x)
         return x
 
     def top(self, block: torch.Tensor) -> torch.Tensor:
-        """The last MBConv block's output → pooled features ``[N, 1280]``: the 1x1 head
-        convolution, its batch norm and activation, global average pooling. This is the part
-        of the trunk the CPU build fine-tunes (``tune``)."""
+        """The last MBConv block's input → pooled features ``[N, 1280]``: that block, the 1x1
+        head convolution, its batch norm and activation, global average pooling. This is the
+        part of the trunk the CPU build fine-tunes (``tune``)."""
         net = self.net
-        return net._swish(net._bn1(net._conv_head(block))).mean(dim=(2, 3))
+        return net._swish(net._bn1(net._conv_head(net._blocks[-1](block)))).mean(dim=(2, 3))
 
     def top_parameters(self) -> list[nn.Parameter]:
-        return [*self.net._conv_head.parameters(), *self.net._bn1.parameters()]
+        return [*self.net._blocks[-1].parameters(), *self.net._conv_head.parameters(), *self.net._bn1.parameters()]
 
     def unfreeze_top(self, blocks: int) -> None:
         """Make the last ``blocks`` MBConv blocks and the 1x1 head convolution trainable.
@@ -81,7 +82,7 @@ class Backbone(nn.Module):
 
 
 class Trunk(nn.Module):
-    """The graph the build caches from: pooled features and the last block's output."""
+    """The graph the build caches from: pooled features and the last block's input."""
 
     def __init__(self, backbone: Backbone) -> None:
         super().__init__()
@@ -93,7 +94,7 @@ class Trunk(nn.Module):
 
 
 class Top(nn.Module):
-    """Last block's output → logits: the fine-tuned top of the trunk and the head, sharing
+    """Last block's input → logits: the fine-tuned top of the trunk and the head, sharing
     their parameters with a ``LogoDetector``."""
 
     def __init__(self, detector: LogoDetector) -> None:

@@ -5,8 +5,9 @@ Recipe after gogologo: batch 64, Adam, categorical cross-entropy over
 photo crops); the epoch with the lowest validation loss is kept.
 
 On CPU the head first trains on the cached pooled features of the frozen trunk
-(``features``); then ``tune`` fine-tunes the trunk's 1x1 head convolution with the head on
-the cached last-block outputs, and keeps it only if validation loss improves. With a GPU,
+(``features``); then ``tune`` fine-tunes the trunk's last MBConv block and 1x1 head
+convolution with the head on the cached inputs of that block, and keeps them only if
+validation loss improves. With a GPU,
 ``finetune`` then trains the top blocks too, on images augmented per step.
 
     python -m training.logo.train --out build/logo [--resume]
@@ -109,7 +110,7 @@ def run(out: Path, packages: dict[str, Package], *, resume: bool = False, epochs
         recipe["tune"]["seconds"] = round(time.perf_counter() - started - frozen_s, 1)
         if recipe["tune"]["kept"] == "tuned":
             scores = tuned
-            recipe["backbone"] = "frozen up to the last MBConv block; 1x1 head convolution fine-tuned"
+            recipe["backbone"] = "frozen below the last MBConv block; that block and the 1x1 head convolution fine-tuned"
     if torch.cuda.is_available():
         from training.logo import finetune  # the GPU phase; never runs on the CPU build
 
