@@ -17,6 +17,7 @@ import pytest
 from devtools import images
 from devtools.fake_commons import FakeCommons
 from moderation.policy import load_policy
+from preprocessing import specs
 from stack import Stack, free_port
 from stack.launcher import commons_environment
 from store import Key, Record, open_store
@@ -24,6 +25,8 @@ from transformer.config import Settings
 from transformer.score_cache import ScoreCache
 
 LOGO = "/v1/models/logo-detection:predict"
+# How the transformer keys scores of inline bytes: the served model version, marked inline.
+INLINE_VERSION = f"{specs.LOGO.version};inline"
 NSFW = "/v1/models/nsfw-detection:predict"
 FILES = 50
 
@@ -111,7 +114,7 @@ def test_inline_bytes_are_keyed_by_their_own_sha1(cached: Stack, database: str) 
     body = {"instances": [{"image": base64.b64encode(data).decode()}]}
     first = predict(cached.url, LOGO, body).json()["predictions"][0]
     assert first["sha1"] == hashlib.sha1(data).hexdigest() and first["cached"] is False
-    settle(database, [Key(first["sha1"], "logo-detection", "2;inline")])
+    settle(database, [Key(first["sha1"], "logo-detection", INLINE_VERSION)])
     second = predict(cached.url, LOGO, body).json()["predictions"][0]
     assert second["cached"] is True and second["prediction"] == first["prediction"]
 
@@ -125,7 +128,7 @@ def test_inline_bytes_never_answer_for_a_commons_file(
     fake_commons.add_file("Store test inline first.png", data)
     body = {"instances": [{"image": base64.b64encode(data).decode()}]}
     inline = predict(cached.url, LOGO, body).json()["predictions"][0]
-    settle(database, [Key(inline["sha1"], "logo-detection", "2;inline")])
+    settle(database, [Key(inline["sha1"], "logo-detection", INLINE_VERSION)])
     answer = predict(cached.url, LOGO, by_name(["Store test inline first.png"]))
     (looked_up,) = answer.json()["predictions"]
     assert looked_up["sha1"] == inline["sha1"] and looked_up["cached"] is False
