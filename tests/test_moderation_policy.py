@@ -20,6 +20,7 @@ from moderation.policy import (
     undecided_counts,
 )
 from moderation.reviewers import Reviewers, hash_token, new_token
+from preprocessing.specs import LOGO
 from store import Key, Record
 
 GOOD = {
@@ -51,6 +52,7 @@ def test_the_packaged_policy() -> None:
     assert set(policy.models) == {"logo-detection", "nsfw-detection", "nsfw-video-detection"}
     # The logo model card's validation threshold for precision >= 0.97, as `make logo-report` wrote it.
     report = json.loads((Path(__file__).parents[1] / "docs/model-cards/logo-detection/report.json").read_text())
+    assert report["model"]["model_version"] == str(LOGO.version), "make logo-report for the served model"
     measured = report["threshold"]["validation"]["threshold"]
     assert policy.models["logo-detection"].thresholds == {"needs_review": round(measured, 3)}
     assert f"version {report['model']['model_version']} " in " ".join(policy.models["logo-detection"].basis.split())

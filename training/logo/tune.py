@@ -23,14 +23,14 @@ from training.logo.model import LogoDetector, Top
 
 EPOCHS = 3
 LEARNING_RATE = 2e-4
-# Dropout on the pooled features in training steps (Keras' EfficientNet top dropout); it let
-# validation loss keep falling where the block without it overfits.
+# Dropout on the pooled features in training steps (Keras' EfficientNet top dropout): with it
+# the block trains at twice the learning rate to a lower validation loss (see the model card).
 DROPOUT = 0.3
 CHECKPOINT = "checkpoint-tune.pt"
 
 
 def top_scores(top: nn.Module, blocks: np.ndarray) -> np.ndarray:
-    """P(logo) from cached block outputs, as the exported graph's softmax computes it."""
+    """P(logo) from cached block inputs, as the exported graph's softmax computes it."""
     return torch.softmax(_logits(top, blocks), dim=1)[:, LABELS.index("logo")].numpy()
 
 
@@ -49,6 +49,8 @@ def tune(dataset: features.Dataset, detector: LogoDetector, *, checkpoint: Path,
     detector.requires_grad_(False)
     for parameter in (*detector.backbone.top_parameters(), *detector.head.parameters()):
         parameter.requires_grad_(True)
+    # What trains, by module: part of the checkpoint's fingerprint and of the recipe.
+    trained = sorted({name.rsplit(".", 1)[0] for name, p in detector.named_parameters() if p.requires_grad})
     is_train = dataset.splits == "train"
     blocks = dataset.blocks[is_train]
     y_train = torch.from_numpy(dataset.labels[is_train])
@@ -70,7 +72,7 @@ def tune(dataset: features.Dataset, detector: LogoDetector, *, checkpoint: Path,
 
     frozen_state = copy.deepcopy(top.state_dict())
     frozen_loss = val_loss()
-    fingerprint = f"tune:{dataset.data_digest}:{lr}:{fitting.BATCH}:{DROPOUT}:{frozen_loss}"
+    fingerprint = f"tune:{dataset.data_digest}:{','.join(trained)}:{lr}:{fitting.BATCH}:{DROPOUT}:{frozen_loss}"
     history = fitting.fit(top, optimiser, train_epoch, val_loss, epochs=epochs, checkpoint=checkpoint,
                         fingerprint=fingerprint, resume=resume, desc="tune")
     tuned_loss = min(history["val_loss_per_epoch"])
@@ -78,5 +80,5 @@ def tune(dataset: features.Dataset, detector: LogoDetector, *, checkpoint: Path,
     if kept == "frozen":
         top.load_state_dict(frozen_state)
     detector.requires_grad_(False)
-    return {"epochs": epochs, "learning_rate": lr, "dropout": DROPOUT, "trained": "backbone._blocks[-1] (batch norms: affine), backbone._conv_head, backbone._bn1 (affine), head",
+    return {"epochs": epochs, "learning_rate": lr, "dropout": DROPOUT, "trained": trained,
             "val_loss_frozen": round(frozen_loss, 5), **history, "kept": kept}
