@@ -20,7 +20,7 @@ from preprocessing.specs import LOGO
 from training.logo import LABELS, augment, data, features, finetune, metrics, train, tune
 from training.logo.build import weights_digest
 from training.logo.export import INPUT, OUTPUT, TOLERANCE, max_difference, session
-from training.logo.model import FEATURES, LogoDetector, Trunk
+from training.logo.model import BLOCK_INPUT, FEATURES, TOP_BLOCKS, LogoDetector, Trunk
 
 BUILD = Path(__file__).resolve().parents[1] / "build" / "logo"
 MODEL = BUILD / "model.onnx"
@@ -158,10 +158,38 @@ def test_resume_refuses_another_recipe(tmp_path: Path) -> None:
                          checkpoint=tmp_path / "checkpoint.pt", resume=True, epochs=1, lr=0.1)
 
 
+def test_subset_keeps_each_training_row_with_its_views() -> None:
+    splits = np.array(["train", "val", "train", "test", "train"])
+    x = np.random.default_rng(1).normal(size=(5, FEATURES)).astype(np.float32)
+    views = np.stack([x[splits == "train"] + 1, x[splits == "train"] + 2], axis=1)
+    names = np.array(list("abcde"))
+    dataset = features.Dataset(x, np.zeros(5, np.int64), splits, names, names, views, "toy",
+                               kinds=np.array(["photo"] * 5))
+    sub = dataset.subset(np.array([False, True, True, True, False]))
+    assert sub.ids.tolist() == ["b", "c", "d"] and sub.kinds.tolist() == ["photo"] * 3
+    assert sub.views.shape == (1, 2, FEATURES)
+    np.testing.assert_array_equal(sub.views[0, 0], sub.features[1] + 1)
+
+
+def test_v1_recipe_trains_only_on_the_sources_version_1_had() -> None:
+    """Plain logo renderings, photograph crops and synthetic images; not the hard variants,
+    generated wordmarks or documentation figures added since."""
+    rows = [("brand:a", "npm:a/x.svg", True), ("brand:b", "npm:@iconify-json/logos/icons.json#b", True),
+            ("brand:a", "npm:a/x.svg#on_photo", False),
+            ("brand:a", "npm:a/x.svg#lowres", False), ("brand:a", "npm:a/x.svg#wordmark", False),
+            ("wordmark:arabic#0", "wordmark:arabic#0", False), ("photo:p/x.jpg", "p:x.jpg#crop3", True),
+            ("synthetic:chart#1", "synthetic:chart#1", True), ("figure-photo:g", "deb:g/f.png", False)]
+    groups, ids = np.array([r[0] for r in rows]), np.array([r[1] for r in rows])
+    n = len(rows)
+    dataset = features.Dataset(np.zeros((n, FEATURES), np.float32), np.zeros(n, np.int64), np.array(["val"] * n),
+                               groups, ids, np.zeros((0, 0, FEATURES), np.float32), "toy")
+    assert train.v1_sources(dataset).tolist() == [r[2] for r in rows]
+
+
 def _toy_blocks(seed: int = 0) -> features.Dataset:
     rng = np.random.default_rng(seed)
     labels = np.repeat([0, 1], 48)
-    blocks = (rng.normal(size=(96, 192, 7, 7)) + labels[:, None, None, None] * 1.0).astype(np.float16)
+    blocks = (rng.normal(size=(96, *BLOCK_INPUT)) + labels[:, None, None, None] * 1.0).astype(np.float16)
     splits = np.array(["train", "train", "val"] * 32)
     names = np.arange(96).astype(str)
     x = np.zeros((96, FEATURES), np.float32)
@@ -170,7 +198,7 @@ def _toy_blocks(seed: int = 0) -> features.Dataset:
 
 
 def test_cpu_tuning_trains_only_the_top_and_is_deterministic(tmp_path: Path) -> None:
-    """The CPU fine-tuning phase: the last MBConv block, the 1x1 head convolution, their
+    """The CPU fine-tuning phase: the top MBConv blocks, the 1x1 head convolution, their
     batch norms' affine parameters and the head change; nothing below; same weights twice."""
     results = []
     for run in ("a", "b"):
@@ -185,9 +213,10 @@ def test_cpu_tuning_trains_only_the_top_and_is_deterministic(tmp_path: Path) -> 
     for name in after:
         assert torch.equal(after[name], again[name])
     changed = {name for name in before if not torch.equal(before[name], after[name])}
-    last = f"backbone.net._blocks.{len(detector.backbone.net._blocks) - 1}."
-    assert {"backbone.net._conv_head.weight", "head.weight", f"{last}_project_conv.weight"} <= changed
-    assert all(name.startswith((last, "backbone.net._conv_head", "backbone.net._bn1", "head.")) for name in changed)
+    n = len(detector.backbone.net._blocks)
+    top = tuple(f"backbone.net._blocks.{i}." for i in range(n - TOP_BLOCKS, n))
+    assert {"backbone.net._conv_head.weight", "head.weight", *(f"{b}_project_conv.weight" for b in top)} <= changed
+    assert all(name.startswith((*top, "backbone.net._conv_head", "backbone.net._bn1", "head.")) for name in changed)
     assert not any("running_" in name for name in changed), "batch-norm statistics must stay frozen"
 
 
@@ -211,7 +240,7 @@ def test_trunk_pieces_compose_to_the_backbone() -> None:
     images = _images(2)
     with torch.no_grad():
         features_, block = Trunk(backbone)(images)
-        assert block.shape == (2, 192, 7, 7)
+        assert block.shape == (2, *BLOCK_INPUT)
         torch.testing.assert_close(features_, backbone(images))
         torch.testing.assert_close(backbone.top(block), features_)
 
@@ -338,4 +367,6 @@ def test_metrics_are_reported_per_kind(built) -> None:
     for split in ("validation", "test"):
         assert set(result[split]["by_kind"]) == set(data.KINDS)
         assert result[split]["flat_graphics"]["count"] > 0
-    assert set(result["frozen_vs_tuned"]) >= {"frozen"}
+    assert set(result["frozen_vs_tuned"]) >= {"frozen", "v1_recipe"}
+    v1 = result["frozen_vs_tuned"]["v1_recipe"]["test"]
+    assert set(v1["by_kind"]) == set(data.KINDS) and v1["plain_marks"]["count"] > 300

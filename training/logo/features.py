@@ -1,11 +1,11 @@
 """Render the data set once and keep what training needs of each item (cached in build/).
 
-The trunk is frozen on CPU below its last MBConv block, so training needs only two
-things per item, both computed once by ONNX Runtime on the exported trunk graph (about 5x
-faster than eager torch on two cores; the very graph, normalisation included, the service
-runs): the pooled features ``[1280]`` the head trains on, and the input of the last MBConv block
-``[192, 7, 7]`` (float16) from which ``tune`` fine-tunes that block and the 1x1 head convolution
-with the head.
+The trunk is frozen on CPU below its top MBConv block (``model.TOP_BLOCKS``), so training
+needs only two things per item, both computed once by ONNX Runtime on the exported trunk graph
+(about 5x faster than eager torch on two cores; the very graph, normalisation included, the
+service runs): the pooled features ``[1280]`` the head trains on, and the input of the top
+block ``[192, 7, 7]`` (float16) from which ``tune`` fine-tunes that block and the 1x1 head
+convolution with the head.
 
 Augmentation (``augment``) cannot run per step on fixed features; each training item may
 get ``AUG_VIEWS`` augmented views, seeded by the item, of which training draws one per epoch.
@@ -58,11 +58,18 @@ class Dataset:
     views: np.ndarray  # float32 [N_train, AUG_VIEWS, 1280]: augmented views of the train rows, in order
     data_digest: str  # sha256 of every item's id, label, split and pixels, augmented views included
     kinds: np.ndarray | None = None  # str [N]: data.KINDS
-    blocks: np.ndarray | None = None  # float16 [N, 192, 7, 7]: the last MBConv block's input
+    blocks: np.ndarray | None = None  # float16 [N, 192, 7, 7]: the top MBConv block's input
 
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         mask = self.splits == name
         return self.features[mask], self.labels[mask]
+
+    def subset(self, mask: np.ndarray) -> Dataset:
+        """The items where ``mask`` is true (without the block inputs); same data digest."""
+        rows = {name: getattr(self, name)[mask] for name in ("features", "labels", "splits", "groups", "ids")}
+        views = self.views[mask[self.splits == "train"]]
+        kinds = None if self.kinds is None else self.kinds[mask]
+        return Dataset(**rows, views=views, data_digest=self.data_digest, kinds=kinds)
 
 
 def load_or_build(out: Path, packages: dict[str, Package]) -> Dataset:

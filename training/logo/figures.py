@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from preprocessing.decode import decode_image
-from training.logo.imaging import encode, log_uniform
+from training.logo.imaging import encode, log_uniform, svg_sets_text
 from training.logo.sources import FigureSet
 
 # Figures are never rendered larger than this; bigger ones are downscaled first (cost).
@@ -56,11 +56,8 @@ def read_figures(figures: FigureSet, root: Path, seed: int) -> Iterator[Figure]:
                         continue
             except OSError:
                 continue
-        elif len(data) > 400_000:  # very complex drawings rasterise slowly
-            continue
-        elif b"<text" in data or b"<flowRoot" in data:
-            # cairo sets SVG text with the process's font cache: the pixels then depend on what
-            # the worker rendered before (12 of 2,000 drawings differed between two builds).
+        # Very complex drawings rasterise slowly; with text, 12 of 2,000 differed between two builds.
+        elif len(data) > 400_000 or svg_sets_text(data):
             continue
         stem = _NUMBERED.sub("", path.stem) or path.stem
         found.append(Figure(figures, path, relative, f"{figures.package}/{path.parent.name}/{stem}"))

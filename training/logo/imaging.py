@@ -19,6 +19,13 @@ from preprocessing.tensor import LOGO_MIN_SIDE, logo_tensor
 Colour = tuple[int, int, int]
 
 
+def svg_sets_text(svg: bytes) -> bool:
+    """Whether an SVG has text elements. cairo sets them in whatever face fontconfig finds for
+    the named family, with the process's font cache, so their pixels would depend on the
+    machine's fonts and on what the worker rendered before: such SVGs are left out."""
+    return b"<text" in svg or b"<flowRoot" in svg
+
+
 def serving_tensor(data: bytes) -> np.ndarray:
     """The uint8 224x224x3 tensor the service would send to the logo model for ``data``."""
     return logo_tensor(decode_image(data, min_side=LOGO_MIN_SIDE))

@@ -27,6 +27,7 @@ from training.logo.imaging import (
     luminance,
     parse_hex,
     random_colour,
+    svg_sets_text,
 )
 
 WHITE: Colour = (255, 255, 255)
@@ -56,9 +57,7 @@ class BlankRender(ValueError):
 
 def read_logos(package: str, root: Path) -> Iterator[LogoSvg]:
     for logo in _READERS[package](package, root):
-        # cairo sets SVG text in whatever face fontconfig finds for the named family, so its
-        # pixels (and the model) would depend on the machine's fonts; two logos have text.
-        if b"<text" not in logo.svg and b"<flowRoot" not in logo.svg:
+        if not svg_sets_text(logo.svg):  # two logos set text
             yield logo
 
 

@@ -1,8 +1,8 @@
 """The logo detector: ImageNet EfficientNet-Lite0 features and a trained linear head.
 
-On CPU the backbone is frozen below its last MBConv block; that block and the 1x1 head
-convolution after it (batch norms: affine parameters only) are fine-tuned with the head on
-the cached input of that block (``tune``). With a GPU its top blocks are fine-tuned on images
+On CPU the backbone is frozen below its last ``TOP_BLOCKS`` MBConv blocks; those blocks and
+the 1x1 head convolution after them (batch norms: affine parameters only) are fine-tuned with
+the head on the cached input of the first of them (``tune``). With a GPU its top blocks are fine-tuned on images
 (``finetune``).
 
 Input is what the transformer sends: uint8 ``[N, 224, 224, 3]`` RGB (NHWC). The cast,
@@ -25,6 +25,11 @@ FEATURES = 1280
 # ImageNet mean/std (tensorflow/tpu efficientnet/lite/efficientnet_lite_builder.py).
 MEAN = 127.0
 STD = 128.0
+# The trunk's last MBConv blocks that the CPU build computes from its cache and fine-tunes. Two
+# would cache the same [192, 7, 7] input (Lite0's last two blocks both take 192 channels at
+# 7x7) but cost 1.8x the time per step, and did no better on validation (model card).
+TOP_BLOCKS = 1
+BLOCK_INPUT = (192, 7, 7)
 
 
 class Backbone(nn.Module):
@@ -44,7 +49,7 @@ class Backbone(nn.Module):
         return self.top(self.blocks(image))
 
     def blocks(self, image: torch.Tensor) -> torch.Tensor:
-        """uint8 NHWC images → the input of the last MBConv block, ``[N, 192, 7, 7]``.
+        """uint8 NHWC images → the input of the top MBConv blocks, ``[N, *BLOCK_INPUT]``.
 
         The same computation as ``EfficientNet.extract_features`` up to there (drop-connect
         is inactive: the backbone is always in inference mode).
@@ -52,19 +57,23 @@ class Backbone(nn.Module):
         net = self.net
         x = (image.to(torch.float32).permute(0, 3, 1, 2) - MEAN) / STD
         x = net._swish(net._bn0(net._conv_stem(x)))
-        for block in net._blocks[:-1]:
+        for block in net._blocks[:-TOP_BLOCKS]:
             x = block(x)
         return x
 
     def top(self, block: torch.Tensor) -> torch.Tensor:
-        """The last MBConv block's input → pooled features ``[N, 1280]``: that block, the 1x1
-        head convolution, its batch norm and activation, global average pooling. This is the
-        part of the trunk the CPU build fine-tunes (``tune``)."""
+        """The top blocks' input → pooled features ``[N, 1280]``: the last ``TOP_BLOCKS``
+        MBConv blocks, the 1x1 head convolution, its batch norm and activation, global average
+        pooling. This is the part of the trunk the CPU build fine-tunes (``tune``)."""
         net = self.net
-        return net._swish(net._bn1(net._conv_head(net._blocks[-1](block)))).mean(dim=(2, 3))
+        x = block
+        for layer in net._blocks[-TOP_BLOCKS:]:
+            x = layer(x)
+        return net._swish(net._bn1(net._conv_head(x))).mean(dim=(2, 3))
 
     def top_parameters(self) -> list[nn.Parameter]:
-        return [*self.net._blocks[-1].parameters(), *self.net._conv_head.parameters(), *self.net._bn1.parameters()]
+        return [*self.net._blocks[-TOP_BLOCKS:].parameters(), *self.net._conv_head.parameters(),
+                *self.net._bn1.parameters()]
 
     def unfreeze_top(self, blocks: int) -> None:
         """Make the last ``blocks`` MBConv blocks and the 1x1 head convolution trainable.
@@ -82,7 +91,7 @@ class Backbone(nn.Module):
 
 
 class Trunk(nn.Module):
-    """The graph the build caches from: pooled features and the last block's input."""
+    """The graph the build caches from: pooled features and the top blocks' input."""
 
     def __init__(self, backbone: Backbone) -> None:
         super().__init__()
@@ -94,7 +103,7 @@ class Trunk(nn.Module):
 
 
 class Top(nn.Module):
-    """Last block's input → logits: the fine-tuned top of the trunk and the head, sharing
+    """The top blocks' input → logits: the fine-tuned top of the trunk and the head, sharing
     their parameters with a ``LogoDetector``."""
 
     def __init__(self, detector: LogoDetector) -> None:

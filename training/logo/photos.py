@@ -1,7 +1,8 @@
 """Random crops of the few photographs we have, varied enough to stand for many.
 
 Crops vary in area, aspect ratio (so the letterbox bars vary as they do for logos),
-output size, exposure, colour and JPEG quality.
+output size, exposure, colour and JPEG quality; some are small images blown up with
+nearest-neighbour scaling, whose flat blocks of colour read as clip art to a logo model.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from training.logo.imaging import encode, log_uniform
 
 # Crops never need more; downscaling once makes each crop cheap.
 _WORKING_SIDE = 2048
+PIXELATED_SHARE = 0.1
 
 
 def load_photo(path: Path) -> Image.Image:
@@ -39,6 +41,11 @@ def render_crop(photo: Image.Image, rng: np.random.Generator) -> tuple[bytes, di
     img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
                      Image.Resampling.BILINEAR)
     params: dict = {"crop": [left, top, crop_w, crop_h], "size": out_side}
+    if rng.random() < PIXELATED_SHARE:
+        params["pixelated"] = round(log_uniform(rng, 16, 96))
+        size = img.size
+        img.thumbnail((params["pixelated"], params["pixelated"]), Image.Resampling.BILINEAR)
+        img = img.resize(size, Image.Resampling.NEAREST)
     if rng.random() < 0.5:
         img = ImageOps.mirror(img)
         params["mirrored"] = True
