@@ -8,6 +8,8 @@ held-out photo crops (test split, never trained on).
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
 from pathlib import Path
 
@@ -15,9 +17,10 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from PIL import Image
 
 from preprocessing.specs import LOGO
-from training.logo import LABELS, augment, data, features, finetune, metrics, train, tune
+from training.logo import LABELS, augment, data, features, finetune, metrics, photos, train, tune
 from training.logo.build import weights_digest
 from training.logo.export import INPUT, OUTPUT, TOLERANCE, max_difference, session
 from training.logo.model import BLOCK_INPUT, FEATURES, TOP_BLOCKS, LogoDetector, Trunk
@@ -163,12 +166,14 @@ def test_subset_keeps_each_training_row_with_its_views() -> None:
     x = np.random.default_rng(1).normal(size=(5, FEATURES)).astype(np.float32)
     views = np.stack([x[splits == "train"] + 1, x[splits == "train"] + 2], axis=1)
     names = np.array(list("abcde"))
-    dataset = features.Dataset(x, np.zeros(5, np.int64), splits, names, names, views, "toy",
-                               kinds=np.array(["photo"] * 5))
+    dataset = features.Dataset(x, np.array([0, 1, 0, 1, 1]), splits, names, names, views, "toy",
+                               kinds=np.array(["photo", "mark", "plot", "wordmark", "mark"]))
     sub = dataset.subset(np.array([False, True, True, True, False]))
-    assert sub.ids.tolist() == ["b", "c", "d"] and sub.kinds.tolist() == ["photo"] * 3
+    assert sub.ids.tolist() == ["b", "c", "d"] and sub.labels.tolist() == [1, 0, 1]
+    assert sub.kinds.tolist() == ["mark", "plot", "wordmark"]
     assert sub.views.shape == (1, 2, FEATURES)
     np.testing.assert_array_equal(sub.views[0, 0], sub.features[1] + 1)
+    assert sub.data_digest != dataset.data_digest != dataset.subset(np.array([True] * 4 + [False])).data_digest
 
 
 def test_v1_recipe_trains_only_on_the_sources_version_1_had() -> None:
@@ -184,6 +189,36 @@ def test_v1_recipe_trains_only_on_the_sources_version_1_had() -> None:
     dataset = features.Dataset(np.zeros((n, FEATURES), np.float32), np.zeros(n, np.int64), np.array(["val"] * n),
                                groups, ids, np.zeros((0, 0, FEATURES), np.float32), "toy")
     assert train.v1_sources(dataset).tolist() == [r[2] for r in rows]
+
+
+def test_v1_recipe_trains_on_its_subset_and_scores_every_item(tmp_path: Path) -> None:
+    dataset = _toy_dataset()
+    groups = np.where(np.arange(192) % 4 == 0, "figure-plot:f", np.where(dataset.labels == 1, "brand:b", "photo:p"))
+    ids = np.array([f"i{i}" + ("#lowres" if i % 4 == 1 else "") for i in range(192)])
+    kinds = np.where(dataset.labels == 1, "mark", np.where(groups == "figure-plot:f", "plot", "photo"))
+    dataset = dataclasses.replace(dataset, groups=groups, ids=ids, kinds=kinds)
+    v1 = train.v1_sources(dataset)
+    result = train.v1_recipe(dataset, tmp_path)
+    assert result["train_items"] == int((v1 & (dataset.splits == "train")).sum()) < int((dataset.splits == "train").sum())
+    assert result["test"]["count"] == int((dataset.splits == "test").sum())
+    assert result["test"]["plain_marks"]["count"] == int((v1 & (dataset.splits == "test") & (kinds == "mark")).sum())
+
+
+def test_pixelated_photo_crops_are_blocks_of_colour(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pixelated crop, losslessly encoded, has no more distinct rows and columns than the
+    size it was shrunk to: nearest-neighbour scaling repeats them."""
+    monkeypatch.setattr(photos, "PIXELATED_SHARE", 1.0)
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (600, 800, 3), dtype=np.uint8))
+    checked = 0
+    for seed in range(40):
+        data, params = photos.render_crop(photo, np.random.default_rng(seed))
+        if "pixelated" not in params or params["format"] != "PNG":
+            continue
+        pixels = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        rows, cols = np.unique(pixels, axis=0).shape[0], np.unique(pixels, axis=1).shape[1]
+        assert max(rows, cols) <= params["pixelated"] < max(pixels.shape[:2]), params
+        checked += 1
+    assert checked, "no lossless pixelated crop among the seeds tried"
 
 
 def _toy_blocks(seed: int = 0) -> features.Dataset:

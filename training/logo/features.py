@@ -9,7 +9,7 @@ convolution with the head.
 
 Augmentation (``augment``) cannot run per step on fixed features; each training item may
 get ``AUG_VIEWS`` augmented views, seeded by the item, of which training draws one per epoch.
-The v2 and v3 builds use none: on the v1 data, views made validation worse (loss 0.053 with none,
+The v2 to v4 builds use none: on the v1 data, views made validation worse (loss 0.053 with none,
 0.064 / 0.066 / 0.072 with 1 / 2 / 3) and each cost ~85 s of the build's time budget, which
 the hard negatives and the fine-tuning now use. Validation and test items are never augmented.
 """
@@ -65,11 +65,13 @@ class Dataset:
         return self.features[mask], self.labels[mask]
 
     def subset(self, mask: np.ndarray) -> Dataset:
-        """The items where ``mask`` is true (without the block inputs); same data digest."""
+        """The items where ``mask`` is true (without the block inputs). Its digest names the
+        parent's and the mask, so a checkpoint of one is never resumed for the other."""
         rows = {name: getattr(self, name)[mask] for name in ("features", "labels", "splits", "groups", "ids")}
         views = self.views[mask[self.splits == "train"]]
         kinds = None if self.kinds is None else self.kinds[mask]
-        return Dataset(**rows, views=views, data_digest=self.data_digest, kinds=kinds)
+        digest = hashlib.sha256(self.data_digest.encode() + np.packbits(mask).tobytes()).hexdigest()
+        return Dataset(**rows, views=views, data_digest=digest, kinds=kinds)
 
 
 def load_or_build(out: Path, packages: dict[str, Package]) -> Dataset:

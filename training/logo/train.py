@@ -28,7 +28,7 @@ from training.logo import LABELS, features, metrics, tune
 from training.logo.data import SEED
 from training.logo.fetch import Package, fetch_all
 from training.logo.fitting import BATCH, class_weights, fit, seed_everything
-from training.logo.model import FEATURES, LogoDetector, Top
+from training.logo.model import FEATURES, TOP_BLOCKS, LogoDetector, Top
 
 EPOCHS = 30
 LEARNING_RATE = 1e-3
@@ -77,8 +77,10 @@ def v1_recipe(dataset: features.Dataset, out: Path) -> dict:
     """
     v1 = v1_sources(dataset)
     head = nn.Linear(FEATURES, len(LABELS))
-    history = train_head(dataset.subset(v1), head, checkpoint=out / "checkpoint-v1-recipe.pt")
-    result: dict = {"trained_on": "plain logos, photograph crops, synthetic images", **history}
+    subset = dataset.subset(v1)
+    history = train_head(subset, head, checkpoint=out / "checkpoint-v1-recipe.pt")
+    result: dict = {"trained_on": "plain logos, photograph crops, synthetic images",
+                    "train_items": int((subset.splits == "train").sum()), **history}
     for split in ("val", "test"):
         mask = dataset.splits == split
         scores = head_scores(head, dataset.features[mask])
@@ -96,7 +98,7 @@ def v1_sources(dataset: features.Dataset) -> np.ndarray:
     hard_variants = ("#on_photo", "#lowres", "#wordmark")  # the id suffixes data.plan gives them
     return np.array([group.startswith(("photo:", "synthetic:"))
                      or (group.startswith("brand:") and not id_.endswith(hard_variants))
-                     for group, id_ in zip(dataset.groups, dataset.ids, strict=True)])
+                     for group, id_ in zip(dataset.groups, dataset.ids, strict=True)], dtype=bool)
 
 
 def head_scores(head: nn.Module, x: np.ndarray) -> np.ndarray:
@@ -131,20 +133,21 @@ def run(out: Path, packages: dict[str, Package], *, resume: bool = False, epochs
     scores = {split: head_scores(detector.head, dataset.split(split)[0]) for split in ("val", "test")}
     recipe = {"epochs": epochs, "batch": BATCH, "learning_rate": lr, "seed": SEED,
               "augmented_views": features.AUG_VIEWS, "backbone": "frozen", **history}
-    frozen_s = time.perf_counter() - started
     comparison = {"frozen": {split: _summary(dataset, split, scores[split]) for split in ("val", "test")}}
     if dataset.kinds is not None:
         comparison["v1_recipe"] = v1_recipe(dataset, out)
     if tune_epochs and dataset.blocks is not None:
+        tune_started = time.perf_counter()
         recipe["tune"] = tune.tune(dataset, detector, checkpoint=out / tune.CHECKPOINT, resume=resume,
                                    epochs=tune_epochs)
         top = Top(detector)
         tuned = {split: tune.top_scores(top, dataset.blocks[dataset.splits == split]) for split in ("val", "test")}
         comparison["tuned"] = {split: _summary(dataset, split, tuned[split]) for split in ("val", "test")}
-        recipe["tune"]["seconds"] = round(time.perf_counter() - started - frozen_s, 1)
+        recipe["tune"]["seconds"] = round(time.perf_counter() - tune_started, 1)
         if recipe["tune"]["kept"] == "tuned":
             scores = tuned
-            recipe["backbone"] = "frozen below the last MBConv block; that block and the 1x1 head convolution fine-tuned"
+            recipe["backbone"] = (f"frozen below the last {TOP_BLOCKS} MBConv block(s); those and the 1x1 head "
+                                  "convolution fine-tuned")
     if torch.cuda.is_available():
         from training.logo import finetune  # the GPU phase; never runs on the CPU build
 
