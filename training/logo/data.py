@@ -36,7 +36,7 @@ from training.logo.imaging import serving_tensor
 SEED = 1984
 TEST_SHARE = 0.1
 VAL_SHARE = 0.2
-CROPS_PER_PHOTO = 48
+CROPS_PER_PHOTO = 64
 SYNTHETIC_PER_KIND = 300
 # Hard positives per logo (each drawn with the logo's seed): the mark on a photograph, and
 # a small or badly compressed copy. Wordmarks: the name of that share of simple-icons brands.
@@ -176,7 +176,7 @@ def assign_splits(groups: set[str]) -> dict[str, str]:
     """Split source groups, stratified by the group's prefix: "brand", "wordmark", "photo",
     "synthetic" and "figure-<kind>".
 
-    Stratifying keeps the 57 photographs from being outnumbered by the synthetic images
+    Stratifying keeps the 44 photographs from being outnumbered by the synthetic images
     when the shares are drawn, and gives each split its share of every kind of figure.
     Within a stratum the groups are ordered by a hash of their name (with ``SEED``), not
     by a permutation of the list: adding or removing a source then moves only the groups

@@ -27,20 +27,19 @@ NPM_MANIFEST = Path(__file__).with_name("package.json")
 NPM_LOCK = Path(__file__).with_name("package-lock.json")
 
 # Debian packages are not pinnable by apt-get download; the manifest records the version.
-DEB_PACKAGES = ("plasma-workspace-wallpapers", "mate-backgrounds", "lomiri-wallpapers-16.04")
+DEB_PACKAGES = ("plasma-workspace-wallpapers", "mate-backgrounds")
 
 # PyPI wheels downloaded (never installed) only for their sample images.
 WHEELS = {"scikit-image": "0.26.0", "scikit-learn": "1.9.1", "matplotlib": "3.11.2"}
 
 _PLASMA = "usr/share/wallpapers/{}/contents/images/2560x1600.jpg"
 _MATE = "usr/share/backgrounds/mate/nature/{}.jpg"
-_LOMIRI = "usr/share/backgrounds/{}.jpg"
 _SKIMAGE = "skimage/data/{}"
 
 # Chosen by looking at every image in these packages: only real photographs (and
 # scientific or scanned imagery, which Commons also holds). Renders, abstract art and
 # images that are themselves logos (skimage's logo.png, matplotlib's logo2.png) are left out.
-# Licences: plasma from each wallpaper's metadata.json, MATE and Lomiri from debian/copyright,
+# Licences: plasma from each wallpaper's metadata.json, MATE from debian/copyright,
 # scikit-image from the docstrings in skimage/data/_fetchers.py, scikit-learn from
 # sklearn/datasets/images/README.txt.
 PHOTOS = (
@@ -56,26 +55,6 @@ PHOTOS = (
         for name in (
             "Aqua", "Blinds", "Dune", "FreshFlower", "Garden", "GreenMeadow",
             "LadyBird", "RainDrops", "Storm", "TwoWings", "Wood", "YellowFlower",
-        )
-    ),
-    # Lomiri (Ubuntu Touch) wallpaper photographs; left out: umang (abstract colour) and
-    # analogpattern (a texture).
-    *(
-        PhotoFile("lomiri-wallpapers-16.04", _LOMIRI.format(name), licence)
-        for name, licence in (
-            ("aitzgorri_by_Aitzol_Berasategi", "CC-BY-4.0"),
-            ("Bridge_by_Sander_Klootwijk", "CC-BY-SA-4.0"),
-            ("Dragonfly_by_Bolly", "CC-BY-SA-4.0"),
-            ("free_by_Peter_Nerlich", "CC-BY-SA-4.0"),
-            ("friends_by_Aitzol_Berasategi", "CC-BY-4.0"),
-            ("greentock_by_Peter_Nerlich", "CC-BY-SA-4.0"),
-            ("life_by_Aitzol_Berasategi", "CC-BY-4.0"),
-            ("picosdeeuropa_by_Aitzol_Berasategi", "CC-BY-4.0"),
-            ("Picture_0B_by_freespace", "CC-BY-4.0"),
-            ("Picture_1A_by_freespace", "CC-BY-4.0"),
-            ("seeding_by_Clements_Engelhardt", "CC0-1.0"),
-            ("sunset_by_Aitzol_Berasategi", "CC-BY-4.0"),
-            ("Wine_by_Jakkub_Mede", "CC-BY-4.0"),
         )
     ),
     *(
