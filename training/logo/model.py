@@ -71,10 +71,6 @@ class Backbone(nn.Module):
             x = layer(x)
         return net._swish(net._bn1(net._conv_head(x))).mean(dim=(2, 3))
 
-    def top_parameters(self) -> list[nn.Parameter]:
-        return [*self.net._blocks[-TOP_BLOCKS:].parameters(), *self.net._conv_head.parameters(),
-                *self.net._bn1.parameters()]
-
     def unfreeze_top(self, blocks: int) -> None:
         """Make the last ``blocks`` MBConv blocks and the 1x1 head convolution trainable.
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from training.logo import LABELS, features, fitting
-from training.logo.model import LogoDetector, Top
+from training.logo.model import TOP_BLOCKS, LogoDetector, Top
 
 EPOCHS = 3
 LEARNING_RATE = 2e-4
@@ -47,8 +47,8 @@ def tune(dataset: features.Dataset, detector: LogoDetector, *, checkpoint: Path,
     fitting.seed_everything()
     top = Top(detector)
     detector.requires_grad_(False)
-    for parameter in (*detector.backbone.top_parameters(), *detector.head.parameters()):
-        parameter.requires_grad_(True)
+    detector.backbone.unfreeze_top(TOP_BLOCKS)
+    detector.head.requires_grad_(True)
     # What trains, by module: part of the checkpoint's fingerprint and of the recipe.
     trained = sorted({name.rsplit(".", 1)[0] for name, p in detector.named_parameters() if p.requires_grad})
     is_train = dataset.splits == "train"
