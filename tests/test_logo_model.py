@@ -13,6 +13,7 @@ import io
 import json
 from pathlib import Path
 
+import cairosvg
 import numpy as np
 import onnx
 import pytest
@@ -20,7 +21,18 @@ import torch
 from PIL import Image
 
 from preprocessing.specs import LOGO
-from training.logo import LABELS, augment, data, features, finetune, metrics, photos, train, tune
+from training.logo import (
+    LABELS,
+    augment,
+    data,
+    features,
+    finetune,
+    logos,
+    metrics,
+    photos,
+    train,
+    tune,
+)
 from training.logo.build import weights_digest
 from training.logo.export import INPUT, OUTPUT, TOLERANCE, max_difference, session
 from training.logo.model import BLOCK_INPUT, FEATURES, TOP_BLOCKS, LogoDetector, Trunk
@@ -219,6 +231,39 @@ def test_pixelated_photo_crops_are_blocks_of_colour(monkeypatch: pytest.MonkeyPa
         assert max(rows, cols) <= params["pixelated"] < max(pixels.shape[:2]), params
         checked += 1
     assert checked, "no lossless pixelated crop among the seeds tried"
+
+
+_SVGS = {
+    # Anti-aliased edges, a half-transparent fill and a gradient: every alpha from 0 to 255.
+    "wide": b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 30 20"><defs><linearGradient id="g">'
+            b'<stop offset="0" stop-color="#f00" stop-opacity="0"/><stop offset="1" stop-color="#07c"/>'
+            b'</linearGradient></defs><rect width="30" height="20" fill="url(#g)"/>'
+            b'<circle cx="9.3" cy="10.1" r="6.7" fill="#3a7" fill-opacity="0.45"/></svg>',
+    "tall": b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 10 31"><path d="M1 1L9 15L2 30z" '
+            b'fill="#c51" stroke="#123" stroke-width="0.7" opacity="0.8"/></svg>',
+    "blank": b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 10 10"><rect width="10" height="10" '
+             b'fill="#fff" fill-opacity="0"/></svg>',
+}
+
+
+@pytest.mark.parametrize("size", [17, 64, 301])
+def test_rasterising_gives_cairosvgs_png_pixels(size: int) -> None:
+    """The rasteriser reads cairo's premultiplied pixels itself (no PNG round trip): it must
+    give exactly the pixels of cairosvg's PNG, or every data digest would move."""
+    for name, svg in _SVGS.items():
+        png = Image.open(io.BytesIO(cairosvg.svg2png(bytestring=svg, output_width=size)))
+        if png.height > size * 1.02:
+            png = Image.open(io.BytesIO(cairosvg.svg2png(bytestring=svg, output_height=size)))
+        expected = np.asarray(png.convert("RGBA"))
+        if name == "blank":
+            with pytest.raises(logos.BlankRender):
+                logos._rasterise(svg, size)
+            continue
+        got = np.asarray(logos._rasterise(svg, size))
+        assert max(got.shape[:2]) == size, name
+        alpha = got[..., 3]
+        assert ((alpha > 0) & (alpha < 255)).sum() > 10, f"{name}: no partial alpha to check"
+        np.testing.assert_array_equal(got, expected, err_msg=name)
 
 
 def _toy_blocks(seed: int = 0) -> features.Dataset:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cairosvg
+import cairosvg.parser
+import cairosvg.surface
 import numpy as np
 from PIL import Image
 
@@ -165,14 +167,36 @@ def render_logo_lowres(logo: LogoSvg, rng: np.random.Generator) -> tuple[bytes, 
 
 def _rasterise(svg: bytes, size: int) -> Image.Image:
     """Render with the longer side at ``size`` pixels, keeping the aspect ratio."""
-    img = Image.open(io.BytesIO(cairosvg.svg2png(bytestring=svg, output_width=size)))
-    if img.height > size * 1.02:  # taller than wide: fit the height instead
-        img = Image.open(io.BytesIO(cairosvg.svg2png(bytestring=svg, output_height=size)))
-    img = img.convert("RGBA")
-    alpha = np.asarray(img.getchannel("A"))
-    if alpha.max() == 0:
+    rgba = _draw(svg, output_width=size)
+    if rgba.shape[0] > size * 1.02:  # taller than wide: fit the height instead
+        rgba = _draw(svg, output_height=size)
+    if rgba[..., 3].max() == 0:
         raise BlankRender("nothing visible")
-    return img
+    return Image.fromarray(rgba, "RGBA")
+
+
+def _draw(svg: bytes, **size: int) -> np.ndarray:
+    """cairosvg's drawing as straight-alpha RGBA, read from cairo's pixels.
+
+    The same pixels ``cairosvg.svg2png`` would give, without its PNG encode and decode,
+    which took a fifth of the rendering time: the un-premultiplying rounds as cairo's PNG
+    writer does (``(c * 255 + a / 2) / a`` in integers).
+    """
+    drawing = cairosvg.surface.PNGSurface(cairosvg.parser.Tree(bytestring=svg), None, 96, **size)
+    surface = drawing.cairo
+    surface.flush()
+    height, width = surface.get_height(), surface.get_width()
+    # ARGB32: one native-endian 32-bit word per pixel, alpha in the top byte; as
+    # little-endian bytes that is B, G, R, A.
+    words = np.frombuffer(surface.get_data(), np.uint32).reshape(height, -1)[:, :width]
+    rgba = words.astype("<u4", copy=False).view(np.uint8).reshape(height, width, 4)[..., [2, 1, 0, 3]]
+    drawing.finish()
+    # Opaque pixels are already straight and transparent ones all zero: only edges need dividing.
+    partial = (rgba[..., 3] > 0) & (rgba[..., 3] < 255)
+    pixels = rgba[partial].astype(np.uint16)
+    alpha = pixels[:, 3:]
+    rgba[partial, :3] = (pixels[:, :3] * 255 + alpha // 2) // alpha
+    return rgba
 
 
 def _contrast(img: Image.Image, background: Colour) -> float:
