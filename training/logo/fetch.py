@@ -40,7 +40,7 @@ def fetch_all(downloads: Path) -> dict[str, Package]:
 
     npm, apt and pip download at once: the steps wait on the network, not on each other.
     """
-    debs = (*sources.DEB_PACKAGES, *sources.DEB_DOC_PACKAGES, *sources.FONT_PACKAGES)
+    debs = tuple(dict.fromkeys((*sources.DEB_PACKAGES, *sources.DEB_DOC_PACKAGES, *sources.FONT_PACKAGES)))
     with ThreadPoolExecutor(max_workers=2 + len(sources.WHEELS)) as pool:
         npm = pool.submit(fetch_npm, downloads / "npm", sources.npm_packages())
         deb = pool.submit(fetch_debs, downloads / "deb", debs)
@@ -84,8 +84,11 @@ def fetch_debs(into: Path, names: tuple[str, ...]) -> dict[str, Package]:
         into.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=into) as tmp:
             if _run(["apt-get", "download", *missing], cwd=tmp, check=False).returncode != 0:
-                # A fresh machine has no package lists yet, or stale ones.
+                # A fresh machine has no package lists yet, or stale ones. What the failed
+                # attempt saved may be an older version than the retry gets: start empty.
                 _run(["apt-get", "update"])
+                for partial in Path(tmp).iterdir():
+                    partial.unlink()
                 _run(["apt-get", "download", *missing], cwd=tmp)
             with ThreadPoolExecutor(max_workers=2) as pool:
                 list(pool.map(lambda name: _unpack(Path(tmp), into / name, name), missing))

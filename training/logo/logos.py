@@ -189,9 +189,12 @@ def _draw(svg: bytes, **size: int) -> np.ndarray:
     # ARGB32: one native-endian 32-bit word per pixel, alpha in the top byte; as
     # little-endian bytes that is B, G, R, A.
     words = np.frombuffer(surface.get_data(), np.uint32).reshape(height, -1)[:, :width]
+    # The fancy index copies: finish() frees cairo's buffer, and rgba is written below.
     rgba = words.astype("<u4", copy=False).view(np.uint8).reshape(height, width, 4)[..., [2, 1, 0, 3]]
     drawing.finish()
-    # Opaque pixels are already straight and transparent ones all zero: only edges need dividing.
+    # Opaque pixels are already straight; transparent ones are written as zeros, as cairo
+    # does; only the edges in between need dividing.
+    rgba[rgba[..., 3] == 0] = 0
     partial = (rgba[..., 3] > 0) & (rgba[..., 3] < 255)
     pixels = rgba[partial].astype(np.uint16)
     alpha = pixels[:, 3:]
