@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import cairosvg
 import cairosvg.parser
 import cairosvg.surface
 import numpy as np
