@@ -27,6 +27,7 @@ from training.logo import (
     data,
     features,
     finetune,
+    fitting,
     logos,
     metrics,
     photos,
@@ -35,7 +36,7 @@ from training.logo import (
 )
 from training.logo.build import weights_digest
 from training.logo.export import INPUT, OUTPUT, TOLERANCE, max_difference, session
-from training.logo.model import BLOCK_INPUT, FEATURES, TOP_BLOCKS, LogoDetector, Trunk
+from training.logo.model import BLOCK_INPUT, FEATURES, TOP_BLOCKS, LogoDetector, Top, Trunk
 
 BUILD = Path(__file__).resolve().parents[1] / "build" / "logo"
 MODEL = BUILD / "model.onnx"
@@ -295,6 +296,12 @@ def test_cpu_tuning_trains_only_the_top_and_is_deterministic(tmp_path: Path) -> 
     (after, history), (again, _) = results
     assert history["kept"] == "tuned", "the toy classes differ: tuning must improve validation loss"
     assert len(history["val_loss_per_epoch"]) == 2
+    # What is kept is what was validated: the averaged weights of the best epoch, not the last step's.
+    toy = _toy_blocks()
+    val = toy.splits == "val"
+    loss_fn = torch.nn.CrossEntropyLoss(weight=fitting.class_weights(torch.from_numpy(toy.labels[toy.splits == "train"])))
+    kept_loss = float(loss_fn(tune._logits(Top(detector), toy.blocks[val]), torch.from_numpy(toy.labels[val])))
+    assert kept_loss == pytest.approx(min(history["val_loss_per_epoch"]), abs=1e-5)
     for name in after:
         assert torch.equal(after[name], again[name])
     changed = {name for name in before if not torch.equal(before[name], after[name])}

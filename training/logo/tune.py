@@ -5,8 +5,13 @@ This is Keras' second transfer phase, cut to what two cores afford: the head tra
 frozen pooled features (``train.train_head``) is the starting point; each step runs only
 ``Backbone.top`` (50 M multiply-adds per image, against ~400 M for the whole trunk) on the
 cached ``[192, 7, 7]`` block inputs (``features.Dataset.blocks``), with dropout on the
-pooled features. Batch-norm statistics stay frozen. The epoch with the lowest validation loss is kept, and the tuned weights are
-kept only if that loss beats the frozen trunk's: the comparison is recorded either way.
+pooled features. Batch-norm statistics stay frozen.
+
+What is validated and kept is an exponential moving average of the weights over the steps,
+not the last step's weights: a step's weights swing by several validation items from one
+epoch to the next, and the average smooths that out (see the model card). The epoch whose
+average has the lowest validation loss is kept, and it replaces the frozen trunk's top only
+if that loss beats the frozen trunk's: the comparison is recorded either way.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from training.logo import LABELS, features, fitting
 from training.logo.model import TOP_BLOCKS, LogoDetector, Top
@@ -26,6 +32,10 @@ LEARNING_RATE = 2e-4
 # Dropout on the pooled features in training steps (Keras' EfficientNet top dropout): with it
 # the block trains at twice the learning rate to a lower validation loss (see the model card).
 DROPOUT = 0.3
+# Decoupled weight decay (AdamW) on everything that trains.
+WEIGHT_DECAY = 0.05
+# Per step: the average's time constant is 100 steps, of about 270 per epoch.
+EMA_DECAY = 0.99
 CHECKPOINT = "checkpoint-tune.pt"
 
 
@@ -56,7 +66,11 @@ def tune(dataset: features.Dataset, detector: LogoDetector, *, checkpoint: Path,
     y_train = torch.from_numpy(dataset.labels[is_train])
     val_blocks, y_val = dataset.blocks[dataset.splits == "val"], torch.from_numpy(dataset.split("val")[1])
     loss_fn = nn.CrossEntropyLoss(weight=fitting.class_weights(y_train))
-    optimiser = torch.optim.Adam([p for p in top.parameters() if p.requires_grad], lr=lr)
+    optimiser = torch.optim.AdamW([p for p in top.parameters() if p.requires_grad], lr=lr,
+                                  weight_decay=WEIGHT_DECAY)
+    average = AveragedModel(top, multi_avg_fn=get_ema_multi_avg_fn(EMA_DECAY))
+    # fit checkpoints and keeps both: the step weights to go on training, the average to keep.
+    both = nn.ModuleDict({"top": top, "average": average})
 
     def train_epoch() -> None:
         for idx in torch.randperm(len(blocks)).split(fitting.BATCH):
@@ -66,19 +80,21 @@ def tune(dataset: features.Dataset, detector: LogoDetector, *, checkpoint: Path,
             logits = detector.head(nn.functional.dropout(pooled, DROPOUT, training=True))
             loss_fn(logits, y_train[rows]).backward()
             optimiser.step()
+            average.update_parameters(top)
 
-    def val_loss() -> float:
-        return float(loss_fn(_logits(top, val_blocks), y_val))
+    def val_loss(model: nn.Module) -> float:
+        return float(loss_fn(_logits(model, val_blocks), y_val))
 
     frozen_state = copy.deepcopy(top.state_dict())
-    frozen_loss = val_loss()
-    fingerprint = f"tune:{dataset.data_digest}:{','.join(trained)}:{lr}:{fitting.BATCH}:{DROPOUT}:{frozen_loss}"
-    history = fitting.fit(top, optimiser, train_epoch, val_loss, epochs=epochs, checkpoint=checkpoint,
-                        fingerprint=fingerprint, resume=resume, desc="tune")
+    frozen_loss = val_loss(top)
+    fingerprint = (f"tune:{dataset.data_digest}:{','.join(trained)}:{lr}:{fitting.BATCH}:{DROPOUT}:"
+                   f"{WEIGHT_DECAY}:{EMA_DECAY}:{frozen_loss}")
+    history = fitting.fit(both, optimiser, train_epoch, lambda: val_loss(average.module), epochs=epochs,
+                          checkpoint=checkpoint, fingerprint=fingerprint, resume=resume, desc="tune")
     tuned_loss = min(history["val_loss_per_epoch"])
     kept = "tuned" if tuned_loss < frozen_loss else "frozen"
-    if kept == "frozen":
-        top.load_state_dict(frozen_state)
+    top.load_state_dict(average.module.state_dict() if kept == "tuned" else frozen_state)
     detector.requires_grad_(False)
-    return {"epochs": epochs, "learning_rate": lr, "dropout": DROPOUT, "trained": trained,
-            "val_loss_frozen": round(frozen_loss, 5), **history, "kept": kept}
+    return {"epochs": epochs, "learning_rate": lr, "dropout": DROPOUT, "weight_decay": WEIGHT_DECAY,
+            "ema_decay": EMA_DECAY, "trained": trained, "val_loss_frozen": round(frozen_loss, 5), **history,
+            "kept": kept}
