@@ -28,9 +28,11 @@ from training.logo import (
     features,
     finetune,
     fitting,
+    imaging,
     logos,
     metrics,
     photos,
+    structures,
     train,
     tune,
 )
@@ -116,7 +118,7 @@ def test_every_item_comes_from_the_allow_list(built) -> None:
     from training.logo import sources
 
     allowed = {*sources.npm_packages(), *sources.DEB_PACKAGES, *sources.DEB_DOC_PACKAGES,
-               *sources.FONT_PACKAGES, *sources.WHEELS, "generated", "synthetic"}
+               *sources.FONT_PACKAGES, *sources.WHEELS, sources.STRUCTURE_PACKAGE, "generated", "synthetic"}
     with (BUILD / "manifest.jsonl").open() as manifest:
         used = {json.loads(line)["package"] for line in manifest}
     assert used <= allowed, used - allowed
@@ -215,6 +217,21 @@ def test_v1_recipe_trains_on_its_subset_and_scores_every_item(tmp_path: Path) ->
     assert result["train_items"] == int((v1 & (dataset.splits == "train")).sum()) < int((dataset.splits == "train").sum())
     assert result["test"]["count"] == int((dataset.splits == "test").sum())
     assert result["test"]["plain_marks"]["count"] == int((v1 & (dataset.splits == "test") & (kinds == "mark")).sum())
+
+
+def test_structures_are_drawn_the_same_every_time() -> None:
+    """Chemical structures: a fixed subset of RDKit's compound list, each drawn from its own
+    seed to the same bytes twice, and decoded as the service decodes uploads."""
+    chosen = list(structures.read_structures(data.SEED))
+    assert len(chosen) == structures.CAP == len({s.nsc for s in chosen})
+    assert [s.nsc for s in structures.read_structures(data.SEED)] == [s.nsc for s in chosen]
+    for structure in chosen[:4]:
+        first, params = structures.render_structure(structure, np.random.default_rng(7))
+        again, _ = structures.render_structure(structure, np.random.default_rng(7))
+        assert first == again, structure
+        tensor = imaging.serving_tensor(first)
+        assert tensor.shape == (224, 224, 3) and tensor.min() < 100, "a drawing, not a blank page"
+        assert params["format"] in ("PNG", "JPEG")
 
 
 def test_pixelated_photo_crops_are_blocks_of_colour(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,8 +4,8 @@ Class 1 (logo): one rendering of every SVG in the npm logo packages, and hard po
 some of those marks on photographs or as small, badly compressed copies, and wordmarks
 (brand names set in many faces, and made-up names in eleven scripts). Class 0
 (out_of_domain): many random crops of each photograph, synthetic text pages, charts and
-maps, and real documentation figures (plots, diagrams, screenshots, clip art, maps, typeset
-formulas) from Debian packages. Every item records its ``kind`` (``KINDS``), which the
+maps, real documentation figures (plots, diagrams, screenshots, clip art, maps, typeset
+formulas) from Debian packages, and chemical structure drawings. Every item records its ``kind`` (``KINDS``), which the
 evaluation reports separately. Splits are made per source (a brand with all its variants
 and its wordmark, a photograph, a synthetic image, a figure and its numbered variants),
 never per crop, with seed 1984: test first, then validation out of the rest.
@@ -29,7 +29,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from preprocessing.decode import DecodeError
-from training.logo import LABELS, figures, logos, photos, sources, synthetic, wordmarks
+from training.logo import LABELS, figures, logos, photos, sources, structures, synthetic, wordmarks
 from training.logo.fetch import Package
 from training.logo.imaging import serving_tensor
 
@@ -47,7 +47,7 @@ WORDMARK_SHARE = 0.4
 WINDOW = 256
 
 # What the evaluation reports separately. Negatives: photographs, then the flat graphics.
-NEGATIVE_KINDS = ("photo", "diagram", "plot", "screenshot", "illustration", "map", "page")
+NEGATIVE_KINDS = ("photo", "diagram", "plot", "screenshot", "illustration", "map", "page", "structure")
 FLAT_KINDS = NEGATIVE_KINDS[1:]
 POSITIVE_KINDS = ("wordmark", "mark")
 KINDS = NEGATIVE_KINDS + POSITIVE_KINDS
@@ -74,9 +74,9 @@ class Task:
     """One unit of rendering work: a logo (and its variants), every crop of one photo, one
     synthetic image, one figure or one wordmark."""
 
-    kind: str  # "logo", "photo", "figure", "wordmark" or one of synthetic.KINDS
+    kind: str  # "logo", "photo", "figure", "wordmark", "structure" or one of synthetic.KINDS
     items: tuple[Item, ...]
-    payload: logos.LogoSvg | Path | figures.Figure | wordmarks.Wordmark | None = None
+    payload: logos.LogoSvg | Path | figures.Figure | wordmarks.Wordmark | structures.Structure | None = None
     photos: tuple[Path, ...] = ()  # for a logo's on_photo variant: photographs of its split
     fonts: tuple[tuple[str, Path], ...] = ()  # for wordmarks: font package -> extracted root
 
@@ -96,7 +96,7 @@ class _Source:
     label: int
     group: str
     items: list[dict]  # Item fields other than label, group, split and seed
-    payload: logos.LogoSvg | Path | figures.Figure | wordmarks.Wordmark | None = None
+    payload: logos.LogoSvg | Path | figures.Figure | wordmarks.Wordmark | structures.Structure | None = None
 
 
 def _chance(item_id: str, salt: str) -> float:
@@ -151,6 +151,11 @@ def plan(packages: dict[str, Package]) -> list[Task]:
                         source_file=figure.source_file, id=f"deb:{figure_set.package}/{figure.source_file}",
                         kind=figure_set.kind, variant=figure_set.package)
             found.append(_Source("figure", 0, f"figure-{figure_set.kind}:{figure.group}", [meta], figure))
+    for structure in structures.read_structures(SEED):
+        meta = dict(package=sources.STRUCTURE_PACKAGE, version=structures.VERSION, licence=structures.LICENCE,
+                    source_file=structures.SOURCE_FILE, id=f"pypi:rdkit/{structures.SOURCE_FILE}#{structure.nsc}",
+                    kind="structure", variant="rdkit")
+        found.append(_Source("structure", 0, f"structure:{structure.nsc}", [meta], structure))
 
     splits = assign_splits({source.group for source in found})
     photos_by_split: dict[str, list[Path]] = {}
@@ -174,7 +179,7 @@ def plan(packages: dict[str, Package]) -> list[Task]:
 
 def assign_splits(groups: set[str]) -> dict[str, str]:
     """Split source groups, stratified by the group's prefix: "brand", "wordmark", "photo",
-    "synthetic" and "figure-<kind>".
+    "synthetic", "figure-<kind>" and "structure".
 
     Stratifying keeps the 44 photographs from being outnumbered by the synthetic images
     when the shares are drawn, and gives each split its share of every kind of figure.
@@ -220,6 +225,8 @@ def render_task(task: Task) -> list[Rendered]:
         return [_render(item, lambda rng: figures.render_figure(task.payload.path, rng))]
     if task.kind == "wordmark":
         return [_render(item, lambda rng: wordmarks.render_wordmark(task.payload, dict(task.fonts), rng))]
+    if task.kind == "structure":
+        return [_render(item, lambda rng: structures.render_structure(task.payload, rng))]
     return [_render(item, lambda rng: synthetic.render_synthetic(task.kind, rng))]
 
 

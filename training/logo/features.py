@@ -26,7 +26,7 @@ import onnxruntime as ort
 import torch
 
 from preprocessing import decode, tensor
-from training.logo import LABELS, augment, data
+from training.logo import LABELS, augment, data, structures
 from training.logo.export import INPUT, export_onnx, session
 from training.logo.fetch import Package
 from training.logo.model import FEATURES, Backbone, Trunk
@@ -41,7 +41,7 @@ SAMPLE_PER_CLASS = 32
 _INPUTS = [
     *(Path(data.__file__).parent / name for name in (
         "__init__.py", "data.py", "logos.py", "photos.py", "synthetic.py", "imaging.py", "sources.py",
-        "figures.py", "wordmarks.py",
+        "figures.py", "wordmarks.py", "structures.py",
         "augment.py", "model.py", "export.py", "features.py", "package-lock.json")),
     Path(decode.__file__),
     Path(tensor.__file__),
@@ -187,4 +187,5 @@ def _cache_key(packages: dict[str, Package]) -> str:
     for path in _INPUTS:
         h.update(path.read_bytes())
     h.update(json.dumps(sorted((p.name, p.version) for p in packages.values())).encode())
+    h.update(f"rdkit {structures.VERSION}".encode())  # installed, not fetched: not in ``packages``
     return h.hexdigest()

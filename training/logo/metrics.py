@@ -85,7 +85,7 @@ def operating_point(scores: np.ndarray, labels: np.ndarray, target: float = TARG
 
 
 # Kinds whose negatives are flat graphics (everything but photographs); see data.KINDS.
-FLAT_KINDS = ("diagram", "plot", "screenshot", "illustration", "map", "page")
+FLAT_KINDS = ("diagram", "plot", "screenshot", "illustration", "map", "page", "structure")
 
 
 def by_kind(scores: np.ndarray, labels: np.ndarray, kinds: np.ndarray, threshold: float | None = None) -> dict:

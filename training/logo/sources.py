@@ -181,4 +181,8 @@ FONT_PACKAGES = {
     "fonts-noto-core": "OFL-1.1",
 }
 
+# Installed from requirements.txt, not downloaded: RDKit draws the chemical structures, of
+# compounds listed in its own data directory (``structures``).
+STRUCTURE_PACKAGE = "rdkit"
+
 DEB_DOC_PACKAGES = tuple(dict.fromkeys(figures.package for figures in FIGURES))
