@@ -1,8 +1,8 @@
 """Chemical structure drawings (skeletal formulae) as hard negatives.
 
 Commons holds many skeletal formulae: thin line art with a few atom labels on white, which a
-detector that never saw one calls a logo. RDKit (PyPI ``rdkit``) ships the SMILES of the
-first 5,000 compounds of the NCI open database in its data directory; each chosen compound
+detector that never saw one calls a logo. RDKit (PyPI ``rdkit``) ships the SMILES of 4,999
+compounds, the first of the NCI open database, in its data directory; each chosen compound
 is one source, laid out and drawn by RDKit itself, with the variation uploads have: canvas
 size and shape, line width, coloured or black atom labels, a transparent background, PNG or
 JPEG.
@@ -41,7 +41,7 @@ class Structure:
 
 def read_structures(seed: int) -> Iterator[Structure]:
     """The compounds RDKit can parse, of a drawable size, ``CAP`` of them chosen with ``seed``."""
-    RDLogger.DisableLog("rdApp.*")  # a few of the 5,000 SMILES do not parse; they are skipped
+    RDLogger.DisableLog("rdApp.*")  # a few of the SMILES do not parse; they are skipped
     found = []
     for line in SMILES.read_text().splitlines():
         smiles, nsc = line.split()

@@ -34,7 +34,7 @@ LEARNING_RATE = 2e-4
 DROPOUT = 0.3
 # Decoupled weight decay (AdamW) on everything that trains.
 WEIGHT_DECAY = 0.05
-# Per step: the average's time constant is 100 steps, of about 270 per epoch.
+# Per step: the average's time constant is 100 steps, of about 250 per epoch.
 EMA_DECAY = 0.99
 CHECKPOINT = "checkpoint-tune.pt"
 
