@@ -5,8 +5,8 @@ some of those marks on photographs or as small, badly compressed copies, and wor
 (brand names set in many faces, and made-up names in eleven scripts). Class 0
 (out_of_domain): many random crops of each photograph, synthetic text pages, charts and
 maps, real documentation figures (plots, diagrams, screenshots, clip art, maps, typeset
-formulas) from Debian packages, and chemical structure drawings. Every item records its ``kind`` (``KINDS``), which the
-evaluation reports separately. Splits are made per source (a brand with all its variants
+formulas) from Debian packages, and chemical structure drawings. Every item records its
+``kind`` (``KINDS``), which the evaluation reports separately. Splits are made per source (a brand with all its variants
 and its wordmark, a photograph, a synthetic image, a figure and its numbered variants),
 never per crop, with seed 1984: test first, then validation out of the rest.
 
@@ -29,7 +29,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from preprocessing.decode import DecodeError
-from training.logo import LABELS, figures, logos, photos, sources, structures, synthetic, wordmarks
+from training.logo import LABELS, figures, logos, metrics, photos, sources, structures, synthetic, wordmarks
 from training.logo.fetch import Package
 from training.logo.imaging import serving_tensor
 
@@ -47,8 +47,8 @@ WORDMARK_SHARE = 0.4
 WINDOW = 256
 
 # What the evaluation reports separately. Negatives: photographs, then the flat graphics.
-NEGATIVE_KINDS = ("photo", "diagram", "plot", "screenshot", "illustration", "map", "page", "structure")
-FLAT_KINDS = NEGATIVE_KINDS[1:]
+FLAT_KINDS = metrics.FLAT_KINDS
+NEGATIVE_KINDS = ("photo", *FLAT_KINDS)
 POSITIVE_KINDS = ("wordmark", "mark")
 KINDS = NEGATIVE_KINDS + POSITIVE_KINDS
 _SYNTHETIC_KIND = {"document": "page", "chart": "plot", "map": "map"}
@@ -72,7 +72,7 @@ class Item:
 @dataclass(frozen=True)
 class Task:
     """One unit of rendering work: a logo (and its variants), every crop of one photo, one
-    synthetic image, one figure or one wordmark."""
+    synthetic image, one figure, one wordmark or one chemical structure."""
 
     kind: str  # "logo", "photo", "figure", "wordmark", "structure" or one of synthetic.KINDS
     items: tuple[Item, ...]
@@ -151,10 +151,11 @@ def plan(packages: dict[str, Package]) -> list[Task]:
                         source_file=figure.source_file, id=f"deb:{figure_set.package}/{figure.source_file}",
                         kind=figure_set.kind, variant=figure_set.package)
             found.append(_Source("figure", 0, f"figure-{figure_set.kind}:{figure.group}", [meta], figure))
+    rdkit = packages[sources.STRUCTURE_PACKAGE]
     for structure in structures.read_structures(SEED):
-        meta = dict(package=sources.STRUCTURE_PACKAGE, version=structures.VERSION, licence=structures.LICENCE,
-                    source_file=structures.SOURCE_FILE, id=f"pypi:rdkit/{structures.SOURCE_FILE}#{structure.nsc}",
-                    kind="structure", variant="rdkit")
+        meta = dict(package=rdkit.name, version=rdkit.version, licence=structures.LICENCE,
+                    source_file=structures.SOURCE_FILE, id=f"pypi:{rdkit.name}/{structures.SOURCE_FILE}#{structure.nsc}",
+                    kind="structure", variant=rdkit.name)
         found.append(_Source("structure", 0, f"structure:{structure.nsc}", [meta], structure))
 
     splits = assign_splits({source.group for source in found})

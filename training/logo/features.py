@@ -26,7 +26,7 @@ import onnxruntime as ort
 import torch
 
 from preprocessing import decode, tensor
-from training.logo import LABELS, augment, data, structures
+from training.logo import LABELS, augment, data
 from training.logo.export import INPUT, export_onnx, session
 from training.logo.fetch import Package
 from training.logo.model import FEATURES, Backbone, Trunk
@@ -187,5 +187,4 @@ def _cache_key(packages: dict[str, Package]) -> str:
     for path in _INPUTS:
         h.update(path.read_bytes())
     h.update(json.dumps(sorted((p.name, p.version) for p in packages.values())).encode())
-    h.update(f"rdkit {structures.VERSION}".encode())  # installed, not fetched: not in ``packages``
     return h.hexdigest()

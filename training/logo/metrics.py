@@ -84,7 +84,7 @@ def operating_point(scores: np.ndarray, labels: np.ndarray, target: float = TARG
             "precision": round(float(precision[best]), 5), "recall": round(float(recall[best]), 5)}
 
 
-# Kinds whose negatives are flat graphics (everything but photographs); see data.KINDS.
+# Kinds whose negatives are flat graphics (everything but photographs); data.KINDS builds on it.
 FLAT_KINDS = ("diagram", "plot", "screenshot", "illustration", "map", "page", "structure")
 
 

@@ -10,7 +10,6 @@ JPEG.
 
 from __future__ import annotations
 
-import importlib.metadata
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,7 +23,6 @@ from rdkit.Chem.Draw import rdMolDraw2D
 
 from training.logo.imaging import encode, log_uniform
 
-VERSION = importlib.metadata.version("rdkit")
 SMILES = Path(RDConfig.RDDataDir) / "NCI" / "first_5K.smi"
 SOURCE_FILE = "rdkit/Data/NCI/first_5K.smi"
 LICENCE = "public domain (NCI open database compound); drawing: RDKit, BSD-3-Clause"
