@@ -25,6 +25,7 @@ import httpx
 import itsdangerous
 import pytest
 import sqlalchemy
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -687,7 +688,9 @@ def press(browser: WebDriver, key: str, *, navigates: bool) -> None:
     old = browser.find_element(By.TAG_NAME, "html")
     ActionChains(browser).send_keys(key).perform()
     if navigates:
-        WebDriverWait(browser, WAIT_S).until(ready.staleness_of(old))
+        # While the document is being replaced, Chromium can answer the staleness probe with an
+        # "unhandled inspector error" instead of "stale element": poll again.
+        WebDriverWait(browser, WAIT_S, ignored_exceptions=(WebDriverException,)).until(ready.staleness_of(old))
         WebDriverWait(browser, WAIT_S).until(
             lambda b: b.execute_script("return document.readyState") == "complete"
         )
