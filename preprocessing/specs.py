@@ -90,7 +90,7 @@ LOGO = ModelSpec(
     name="logo-detection",
     labels=("out_of_domain", "logo"),
     onnx_path="build/logo/model.onnx",
-    version=6,
+    version=7,
 )
 NSFW = ModelSpec(name="nsfw-detection", labels=("sfw", "nsfw"), onnx_path="build/nsfw/model.onnx")
 SPECS: tuple[ModelSpec, ...] = (LOGO, NSFW)

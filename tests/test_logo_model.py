@@ -329,6 +329,25 @@ def test_cpu_tuning_trains_only_the_top_and_is_deterministic(tmp_path: Path) -> 
     assert not any("running_" in name for name in changed), "batch-norm statistics must stay frozen"
 
 
+def test_cpu_tuning_precision_is_part_of_the_recipe(tmp_path: Path) -> None:
+    """Steps in bfloat16 autocast or in float32 both learn the toy classes; bfloat16 really
+    changes the steps (other weights than float32's); the recipe names the precision, and a
+    checkpoint of one precision is not resumed by the other."""
+    results = {}
+    for bf16 in (False, True):
+        torch.manual_seed(0)
+        detector = LogoDetector()
+        history = tune.tune(_toy_blocks(), detector, checkpoint=tmp_path / f"bf16={bf16}" / "tune.pt", epochs=2,
+                            lr=1e-4, bf16=bf16)
+        assert history["kept"] == "tuned", f"bf16={bf16}: tuning must improve validation loss"
+        results[bf16] = history["precision"], detector.state_dict()["head.weight"]
+    assert results[False][0] == "float32" and results[True][0] == "bfloat16 autocast"
+    assert not torch.equal(results[False][1], results[True][1])
+    with pytest.raises(ValueError, match="another data set or recipe"):
+        tune.tune(_toy_blocks(), LogoDetector(), checkpoint=tmp_path / "bf16=False" / "tune.pt", epochs=3, lr=1e-4,
+                  bf16=True, resume=True)
+
+
 def test_cpu_tuning_resumes_exactly(tmp_path: Path) -> None:
     """One epoch, then resume for the second: the same weights as two epochs straight
     (dropout masks included: every epoch reseeds)."""

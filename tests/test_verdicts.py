@@ -392,7 +392,7 @@ def test_states_are_the_policy_states() -> None:
     from moderation import policy as moderation_policy
 
     assert moderation_policy.STATES is STATES
-    assert load_policy().version == "2026-11-30.6"
+    assert load_policy().version == "2026-11-30.7"
 
 
 def test_every_state_verdict_and_sample_fits_its_column() -> None:

@@ -5,7 +5,9 @@ This is Keras' second transfer phase, cut to what two cores afford: the head tra
 frozen pooled features (``train.train_head``) is the starting point; each step runs only
 ``Backbone.top`` (50 M multiply-adds per image, against ~400 M for the whole trunk) on the
 cached ``[192, 7, 7]`` block inputs (``features.Dataset.blocks``), with dropout on the
-pooled features. Batch-norm statistics stay frozen.
+pooled features. Batch-norm statistics stay frozen. Where the CPU multiplies bfloat16
+natively the steps run under bfloat16 autocast, twice as fast as float32 to the same
+validation loss (see the model card); elsewhere they run in float32.
 
 What is validated and kept is an exponential moving average of the weights over the steps,
 not the last step's weights: a step's weights swing by several validation items from one
@@ -27,7 +29,9 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from training.logo import LABELS, features, fitting
 from training.logo.model import TOP_BLOCKS, LogoDetector, Top
 
-EPOCHS = 3
+# Six epochs' averages had their lowest validation loss after the fourth (see the model card);
+# the best epoch is kept, so more would only cost time.
+EPOCHS = 4
 LEARNING_RATE = 2e-4
 # Dropout on the pooled features in training steps (Keras' EfficientNet top dropout): with it
 # the block trains at twice the learning rate to a lower validation loss (see the model card).
@@ -47,13 +51,29 @@ def top_scores(top: nn.Module, blocks: np.ndarray) -> np.ndarray:
 def _logits(top: nn.Module, blocks: np.ndarray) -> torch.Tensor:
     top.eval()
     with torch.no_grad():
-        return torch.cat([top(torch.from_numpy(blocks[i : i + 256].astype(np.float32)))
-                          for i in range(0, len(blocks), 256)])
+        return torch.cat([top(_batch(blocks[i : i + 256])) for i in range(0, len(blocks), 256)])
+
+
+def _batch(blocks: np.ndarray) -> torch.Tensor:
+    # Channels-last: oneDNN's 1x1 and depthwise convolutions on it make a step 15-20 % faster.
+    return torch.from_numpy(blocks.astype(np.float32)).contiguous(memory_format=torch.channels_last)
+
+
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16, which AMX CPUs have too).
+    Without it oneDNN emulates bfloat16 at a tenth of float32's speed."""
+    return torch.cpu._is_avx512_bf16_supported()
 
 
 def tune(dataset: features.Dataset, detector: LogoDetector, *, checkpoint: Path, resume: bool = False,
-         epochs: int = EPOCHS, lr: float = LEARNING_RATE) -> dict:
-    """Fine-tune ``detector``'s top and head in place; return the history and what was kept."""
+         epochs: int = EPOCHS, lr: float = LEARNING_RATE, bf16: bool | None = None) -> dict:
+    """Fine-tune ``detector``'s top and head in place; return the history and what was kept.
+
+    ``bf16``: run the training steps under bfloat16 autocast; by default where the CPU has it
+    natively (``native_bf16``). Weights, optimiser and validation stay float32.
+    """
+    bf16 = native_bf16() if bf16 is None else bf16
+    precision = "bfloat16 autocast" if bf16 else "float32"
     fitting.seed_everything()
     top = Top(detector)
     detector.requires_grad_(False)
@@ -76,9 +96,10 @@ def tune(dataset: features.Dataset, detector: LogoDetector, *, checkpoint: Path,
         for idx in torch.randperm(len(blocks)).split(fitting.BATCH):
             rows = np.sort(idx.numpy())  # sorted rows read the float16 cache faster; order within a batch is moot
             optimiser.zero_grad()
-            pooled = detector.backbone.top(torch.from_numpy(blocks[rows].astype(np.float32)))
-            logits = detector.head(nn.functional.dropout(pooled, DROPOUT, training=True))
-            loss_fn(logits, y_train[rows]).backward()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                pooled = detector.backbone.top(_batch(blocks[rows]))
+                logits = detector.head(nn.functional.dropout(pooled, DROPOUT, training=True))
+            loss_fn(logits.float(), y_train[rows]).backward()
             optimiser.step()
             average.update_parameters(top)
 
@@ -88,7 +109,7 @@ def tune(dataset: features.Dataset, detector: LogoDetector, *, checkpoint: Path,
     frozen_state = copy.deepcopy(top.state_dict())
     frozen_loss = val_loss(top)
     fingerprint = (f"tune:{dataset.data_digest}:{','.join(trained)}:{lr}:{fitting.BATCH}:{DROPOUT}:"
-                   f"{WEIGHT_DECAY}:{EMA_DECAY}:{frozen_loss}")
+                   f"{WEIGHT_DECAY}:{EMA_DECAY}:{precision}:{frozen_loss}")
     history = fitting.fit(both, optimiser, train_epoch, lambda: val_loss(average.module), epochs=epochs,
                           checkpoint=checkpoint, fingerprint=fingerprint, resume=resume, desc="tune")
     tuned_loss = min(history["val_loss_per_epoch"])
@@ -96,5 +117,5 @@ def tune(dataset: features.Dataset, detector: LogoDetector, *, checkpoint: Path,
     top.load_state_dict(average.module.state_dict() if kept == "tuned" else frozen_state)
     detector.requires_grad_(False)
     return {"epochs": epochs, "learning_rate": lr, "dropout": DROPOUT, "weight_decay": WEIGHT_DECAY,
-            "ema_decay": EMA_DECAY, "trained": trained, "val_loss_frozen": round(frozen_loss, 5), **history,
-            "kept": kept}
+            "ema_decay": EMA_DECAY, "precision": precision, "trained": trained,
+            "val_loss_frozen": round(frozen_loss, 5), **history, "kept": kept}
