@@ -62,7 +62,8 @@ def _batch(blocks: np.ndarray) -> torch.Tensor:
 def native_bf16() -> bool:
     """Whether this CPU multiplies bfloat16 natively (AVX512-BF16, which AMX CPUs have too).
     Without it oneDNN emulates bfloat16 at a tenth of float32's speed."""
-    return torch.cpu._is_avx512_bf16_supported()
+    # A private torch helper (torch is pinned); without it, float32 is the safe answer.
+    return getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
 
 
 def tune(dataset: features.Dataset, detector: LogoDetector, *, checkpoint: Path, resume: bool = False,
