@@ -112,6 +112,20 @@ def test_per_kind_metrics_and_calibration() -> None:
     assert point["confusion"] == [[2, 1], [1, 4]] and point["precision"] == pytest.approx(0.8)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("allowed", range(8))
+def test_thresholds_for_an_error_budget(allowed: int, dtype: type) -> None:
+    """The extreme threshold within the budget; ties move together, so a threshold never lets
+    one of two equal scores through alone."""
+    scores = np.array([0.9, 0.7, 0.7, 0.4, 0.2, 0.2], dtype)
+    t = metrics.threshold_for_false_positives(scores, allowed)
+    assert (scores >= t).sum() <= allowed
+    assert all((scores >= s).sum() > allowed for s in scores if s < t)  # none lower would do
+    t = metrics.threshold_for_misses(scores, allowed)
+    assert (scores < t).sum() <= allowed
+    assert all((scores < s).sum() > allowed for s in scores if s > t)  # none higher would do
+
+
 def test_every_item_comes_from_the_allow_list(built) -> None:
     """``sources`` is the complete allow-list (it names nothing reserved for the held-out
     benchmark); every item the build used comes from a package on it, or is rendered by us."""
@@ -213,10 +227,41 @@ def test_v1_recipe_trains_on_its_subset_and_scores_every_item(tmp_path: Path) ->
     kinds = np.where(dataset.labels == 1, "mark", np.where(groups == "figure-plot:f", "plot", "photo"))
     dataset = dataclasses.replace(dataset, groups=groups, ids=ids, kinds=kinds)
     v1 = train.v1_sources(dataset)
-    result = train.v1_recipe(dataset, tmp_path)
+    result, scores = train.v1_recipe(dataset, tmp_path)
     assert result["train_items"] == int((v1 & (dataset.splits == "train")).sum()) < int((dataset.splits == "train").sum())
-    assert result["test"]["count"] == int((dataset.splits == "test").sum())
+    assert result["test"]["count"] == int((dataset.splits == "test").sum()) == len(scores["test"])
     assert result["test"]["plain_marks"]["count"] == int((v1 & (dataset.splits == "test") & (kinds == "mark")).sum())
+    assert result["test"]["plain_marks"]["errors"] == int((scores["test"][v1[dataset.splits == "test"]
+                                                                         & (kinds[dataset.splits == "test"] == "mark")]
+                                                           < 0.5).sum())
+
+
+def test_v1_recipe_is_also_compared_at_the_final_models_error_counts() -> None:
+    # Test split: 4 plots, 2 photos, 3 plain marks, one low-resolution mark.
+    kinds = np.array(["plot"] * 4 + ["photo"] * 2 + ["mark"] * 4)
+    labels = (kinds == "mark").astype(np.int64)
+    ids = np.array([f"i{i}" + ("#lowres" if i == 9 else "") for i in range(10)])
+    groups = np.where(kinds == "mark", "brand:b", np.where(kinds == "photo", "photo:p", "figure-plot:f"))
+    dataset = features.Dataset(np.zeros((10, FEATURES), np.float32), labels, np.array(["test"] * 10), groups, ids,
+                               np.zeros((0, 0, FEATURES), np.float32), "toy", kinds=kinds)
+    final = np.array([0.6, 0.3, 0.2, 0.1, 0.1, 0.2, 0.9, 0.45, 0.8, 0.7])  # 1 plot called, 1 plain mark missed
+    v1 = np.array([0.95, 0.9, 0.8, 0.3, 0.6, 0.1, 0.99, 0.85, 0.7, 0.4])  # 3 plots called, no plain mark missed
+    matched = train.against_v1_recipe(dataset, "test", final, v1)
+    assert matched["counts"] == {"flat": 4, "photo": 2, "plain_marks": 3, "marks": 4, "wordmarks": 0}
+    assert matched["final_at_0.5"] | {"threshold": 0} == {
+        "threshold": 0, "flat_false_positives": 1, "photo_false_positives": 0, "plain_marks_missed": 1,
+        "marks_missed": 1, "wordmarks_missed": 0}
+    assert matched["v1_recipe_at_0.5"]["flat_false_positives"] == 3
+    assert matched["v1_recipe_at_0.5"]["plain_marks_missed"] == matched["v1_recipe_at_0.5"]["marks_missed"] - 1 == 0
+    # The recipe allowed the final model's one flat false positive: 0.95 alone is called,
+    # so it misses the marks at 0.7 and 0.85 (plain) and 0.4 (low resolution).
+    at_fp = matched["v1_recipe_at_final_flat_false_positives"]
+    assert at_fp["flat_false_positives"] == 1 and at_fp["plain_marks_missed"] == 2 and at_fp["marks_missed"] == 3
+    assert at_fp["photo_false_positives"] == 0
+    # The final model allowed no plain-mark miss: the threshold drops to 0.45, which lets no
+    # further plot or photo through.
+    at_pm = matched["final_at_v1_recipe_plain_marks_missed"]
+    assert at_pm["threshold"] == 0.45 and at_pm["plain_marks_missed"] == 0 and at_pm["flat_false_positives"] == 1
 
 
 def test_structures_are_drawn_the_same_every_time() -> None:
@@ -499,3 +544,7 @@ def test_metrics_are_reported_per_kind(built) -> None:
     assert set(result["frozen_vs_tuned"]) >= {"frozen", "v1_recipe"}
     v1 = result["frozen_vs_tuned"]["v1_recipe"]["test"]
     assert set(v1["by_kind"]) == set(data.KINDS) and v1["plain_marks"]["count"] > 300
+    matched = v1["matched"]
+    assert matched["final_at_0.5"]["flat_false_positives"] == result["test"]["flat_graphics"]["false_positives"]
+    assert (matched["v1_recipe_at_final_flat_false_positives"]["flat_false_positives"]
+            <= matched["final_at_0.5"]["flat_false_positives"])

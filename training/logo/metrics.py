@@ -142,6 +142,24 @@ def calibration(scores: np.ndarray, labels: np.ndarray, bins: int = 10) -> dict:
     return {"ece": round(float(ece), 5), "bins": rows}
 
 
+# The two below step to the next representable value in the scores' own dtype, so that the
+# threshold compares the same whether numpy compares it as float32 or float64.
+def threshold_for_false_positives(negatives: np.ndarray, allowed: int) -> float:
+    """The lowest threshold at which at most ``allowed`` of the ``negatives`` score >= it."""
+    ordered = np.sort(negatives)[::-1]
+    if allowed >= len(ordered):
+        return float(ordered.min(initial=0.0))
+    return float(np.nextafter(ordered[allowed], ordered.dtype.type(np.inf)))
+
+
+def threshold_for_misses(positives: np.ndarray, allowed: int) -> float:
+    """The highest threshold at which at most ``allowed`` of the ``positives`` score below it."""
+    ordered = np.sort(positives)
+    if allowed >= len(ordered):
+        return float(np.nextafter(ordered.max(initial=1.0), ordered.dtype.type(np.inf)))
+    return float(ordered[allowed])
+
+
 def at_threshold(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
     """Precision, recall, accuracy and the confusion matrix of "logo if score >= threshold"."""
     predicted, positive = scores >= threshold, labels == 1
