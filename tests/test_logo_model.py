@@ -124,6 +124,9 @@ def test_thresholds_for_an_error_budget(allowed: int, dtype: type) -> None:
     t = metrics.threshold_for_misses(scores, allowed)
     assert (scores < t).sum() <= allowed
     assert all((scores < s).sum() > allowed for s in scores if s > t)  # none higher would do
+    empty = np.array([], dtype)
+    assert metrics.threshold_for_false_positives(empty, allowed) == 0.0
+    assert metrics.threshold_for_misses(empty, allowed) > 1.0
 
 
 def test_every_item_comes_from_the_allow_list(built) -> None:
@@ -248,8 +251,8 @@ def test_v1_recipe_is_also_compared_at_the_final_models_error_counts() -> None:
     v1 = np.array([0.95, 0.9, 0.8, 0.3, 0.6, 0.1, 0.99, 0.85, 0.7, 0.4])  # 3 plots called, no plain mark missed
     matched = train.against_v1_recipe(dataset, "test", final, v1)
     assert matched["counts"] == {"flat": 4, "photo": 2, "plain_marks": 3, "marks": 4, "wordmarks": 0}
-    assert matched["final_at_0.5"] | {"threshold": 0} == {
-        "threshold": 0, "flat_false_positives": 1, "photo_false_positives": 0, "plain_marks_missed": 1,
+    assert matched["final_at_0.5"] == {
+        "threshold": 0.5, "flat_false_positives": 1, "photo_false_positives": 0, "plain_marks_missed": 1,
         "marks_missed": 1, "wordmarks_missed": 0}
     assert matched["v1_recipe_at_0.5"]["flat_false_positives"] == 3
     assert matched["v1_recipe_at_0.5"]["plain_marks_missed"] == matched["v1_recipe_at_0.5"]["marks_missed"] - 1 == 0
@@ -262,6 +265,7 @@ def test_v1_recipe_is_also_compared_at_the_final_models_error_counts() -> None:
     # further plot or photo through.
     at_pm = matched["final_at_v1_recipe_plain_marks_missed"]
     assert at_pm["threshold"] == 0.45 and at_pm["plain_marks_missed"] == 0 and at_pm["flat_false_positives"] == 1
+    assert at_pm["photo_false_positives"] == 0
 
 
 def test_structures_are_drawn_the_same_every_time() -> None:
