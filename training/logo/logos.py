@@ -177,8 +177,10 @@ def _rasterise(svg: bytes, size: int) -> Image.Image:
 
 
 class _Measure(cairosvg.surface.PNGSurface):
-    """Stops where cairosvg would allocate the pixels: the drawing's size without drawing it
-    (a tall drawing was drawn twice, once only to learn its height: an eighth of the SVG time)."""
+    """Stops once cairosvg has sized the (blank) surface, before it draws: the drawing's size
+    without drawing it (a tall drawing was drawn twice, once only to learn its height: an
+    eighth of the SVG time). Sizing only reads the tree; drawing changes it, so a parsed tree
+    is drawn once."""
 
     class Size(Exception):
         pass
