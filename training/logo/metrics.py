@@ -112,9 +112,14 @@ def by_kind(scores: np.ndarray, labels: np.ndarray, kinds: np.ndarray, threshold
     return result
 
 
+def flat_negatives(labels: np.ndarray, kinds: np.ndarray) -> np.ndarray:
+    """Which items are flat-graphic negatives: every non-logo but the photographs."""
+    return (labels == 0) & np.isin(kinds, FLAT_KINDS)
+
+
 def flat_graphics(scores: np.ndarray, labels: np.ndarray, kinds: np.ndarray, threshold: float | None = None) -> dict:
-    """The issue's target: false-positive rate on the flat-graphic negatives, all kinds together."""
-    mask = (labels == 0) & np.isin(kinds, FLAT_KINDS)
+    """The flat-graphic target: false-positive rate on the flat-graphic negatives, all kinds together."""
+    mask = flat_negatives(labels, kinds)
     pair = mask | (labels == 1)
     result = {"count": int(mask.sum()), "fpr": round(float((scores[mask] >= 0.5).mean()), 5),
               "false_positives": int((scores[mask] >= 0.5).sum()),

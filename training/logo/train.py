@@ -104,7 +104,7 @@ def against_v1_recipe(dataset: features.Dataset, split: str, final: np.ndarray, 
     """
     mask = dataset.splits == split
     kinds = dataset.kinds[mask]
-    flat = (dataset.labels[mask] == 0) & np.isin(kinds, metrics.FLAT_KINDS)
+    flat = metrics.flat_negatives(dataset.labels[mask], kinds)
     plain = _plain_marks(dataset, v1_sources(dataset))[mask]
 
     def errors(scores: np.ndarray, threshold: float) -> dict:
