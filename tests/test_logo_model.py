@@ -36,7 +36,7 @@ from training.logo import (
     train,
     tune,
 )
-from training.logo.build import weights_digest
+from training.logo.model import weights_digest
 from training.logo.export import INPUT, OUTPUT, TOLERANCE, max_difference, session
 from training.logo.model import BLOCK_INPUT, FEATURES, TOP_BLOCKS, LogoDetector, Top, Trunk
 

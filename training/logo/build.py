@@ -9,7 +9,6 @@ are unchanged); training and export take seconds and always run.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from preprocessing.specs import LOGO
 from training.logo import LABELS, train
 from training.logo.export import OPSET, OUTPUT, export_onnx, verify
 from training.logo.fetch import fetch_all
-from training.logo.model import MEAN, STD, LogoDetector
+from training.logo.model import MEAN, STD, LogoDetector, weights_digest
 
 
 def build(out: Path, downloads: Path, resume: bool = False) -> dict:
@@ -57,15 +56,6 @@ def build(out: Path, downloads: Path, resume: bool = False) -> dict:
                               total=round(time.perf_counter() - build_started, 1))
     train.write_metrics(out, metrics)
     return metrics
-
-
-def weights_digest(module: torch.nn.Module) -> str:
-    """sha256 over the parameter names and bytes: the same weights give the same digest anywhere."""
-    h = hashlib.sha256()
-    for name, tensor in module.state_dict().items():
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def main(

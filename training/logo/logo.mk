@@ -20,6 +20,17 @@ LOGO_INPUTS := $(wildcard training/logo/*.py) training/logo/package.json \
 build/logo/model.onnx: $(STAMP) $(LOGO_INPUTS)
 	$(PY) -m training.logo.build --out build/logo --downloads build
 
+# The released model: the committed trained parameters on the PyPI trunk (training.logo.release).
+# `make logo-release` records the build as the release, when a new model version is adopted.
+LOGO_RELEASE_ONNX := build/logo-release/model.onnx
+$(LOGO_RELEASE_ONNX): $(STAMP) $(wildcard training/logo/release/*) training/logo/release.py \
+	training/logo/model.py training/logo/export.py preprocessing/tensor.py
+	$(PY) -m training.logo.release assemble --out $@
+
+.PHONY: logo-release
+logo-release: build/logo/model.onnx
+	$(PY) -m training.logo.release write --build build/logo
+
 # The evaluation report of the model card: test split through the exported graph, per-kind
 # metrics, threshold chosen on validation, calibration, curves, per-kind contact sheets of the
 # worst errors (docs/model-cards/logo-detection/). Not part of `make models`: it rewrites

