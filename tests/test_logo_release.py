@@ -83,7 +83,7 @@ def test_the_build_reproduces_the_release() -> None:
 def _build(out: Path, detector: LogoDetector) -> None:
     torch.save(detector.state_dict(), out / train.WEIGHTS)
     export_onnx(detector, out / "model.onnx", OUTPUT, metadata={
-        "model_version": "1", "weights_digest": weights_digest(detector)})
+        "model_version": str(LOGO.version), "weights_digest": weights_digest(detector)})
 
 
 def test_write_then_assemble_round_trips_and_refuses_other_weights(tmp_path) -> None:
@@ -100,10 +100,14 @@ def test_write_then_assemble_round_trips_and_refuses_other_weights(tmp_path) -> 
     assert hashlib.sha256(out.read_bytes()).hexdigest() == written["onnx_sha256"]
 
     manifest = json.loads((tmp_path / "release" / release.MANIFEST).read_text())
-    manifest["metadata"]["weights_digest"] = "0" * 64
+    manifest["metadata"]["model_version"] = str(LOGO.version - 1)
+    (tmp_path / "release" / release.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(release.ReleaseError, match=f"the spec serves version {LOGO.version}"):
+        release.assemble(tmp_path / "served" / "model.onnx", tmp_path / "release")
+    manifest["metadata"].update(model_version=str(LOGO.version), weights_digest="0" * 64)
     (tmp_path / "release" / release.MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(release.ReleaseError, match="not the release's"):
-        release.detector(tmp_path / "release")
+        release.assemble(tmp_path / "served" / "model.onnx", tmp_path / "release")
 
     other = LogoDetector()
     torch.save(other.state_dict(), tmp_path / "build" / train.WEIGHTS)

@@ -23,6 +23,7 @@ import torch
 import typer
 from safetensors.torch import load_file, save_file
 
+from preprocessing.specs import LOGO
 from training.logo import train, tune
 from training.logo.export import OUTPUT, export_onnx, verify
 from training.logo.model import Backbone, LogoDetector, weights_digest
@@ -95,9 +96,14 @@ def detector(release: Path = RELEASE) -> LogoDetector:
 
 def assemble(out: Path, release: Path = RELEASE) -> Path:
     """Export the released detector to ``out`` with the release's metadata, verified against torch."""
+    metadata = manifest(release)["metadata"]
+    if metadata["model_version"] != str(LOGO.version):
+        # The repository would serve these weights under the spec's version number.
+        raise ReleaseError(f"{release} holds version {metadata['model_version']}, the spec serves "
+                           f"version {LOGO.version}: build it and `make logo-release`")
     model = detector(release)
     staging = out.with_name(out.name + ".tmp")
-    export_onnx(model, staging, OUTPUT, metadata=manifest(release)["metadata"])
+    export_onnx(model, staging, OUTPUT, metadata=metadata)
     verify(staging, model)
     staging.replace(out)
     return out
