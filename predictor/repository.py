@@ -7,6 +7,8 @@ import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import onnx
+
 from predictor import engines
 from predictor.configs import cpu_config, gpu_config, render
 from preprocessing.specs import ONNX_FILENAME, SPECS, ModelSpec
@@ -29,6 +31,8 @@ def _assemble(
     missing = [spec.name for spec in specs if spec.name not in onnx_files]
     if missing:
         raise ValueError(f"no exported ONNX model for {', '.join(missing)}")
+    for spec in specs:
+        _check_version(onnx_files[spec.name], spec)
     out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
@@ -43,6 +47,15 @@ def _assemble(
         shutil.rmtree(out)
     staging.rename(out)
     return out
+
+
+def _check_version(path: Path, spec: ModelSpec) -> None:
+    """Refuse a model whose metadata names another version: Triton would serve it, and the
+    transformer report it, under the spec's version."""
+    metadata = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    if metadata.get("model_version", str(spec.version)) != str(spec.version):
+        raise ValueError(f"{path} is {spec.name} version {metadata['model_version']}, "
+                         f"the spec serves version {spec.version}")
 
 
 def build_cpu(out: Path, onnx_files: dict[str, Path], specs: tuple[ModelSpec, ...] = SPECS) -> Path:

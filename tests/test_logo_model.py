@@ -36,9 +36,8 @@ from training.logo import (
     train,
     tune,
 )
-from training.logo.model import weights_digest
 from training.logo.export import INPUT, OUTPUT, TOLERANCE, max_difference, session
-from training.logo.model import BLOCK_INPUT, FEATURES, TOP_BLOCKS, LogoDetector, Top, Trunk
+from training.logo.model import BLOCK_INPUT, FEATURES, TOP_BLOCKS, LogoDetector, Top, Trunk, weights_digest
 
 BUILD = Path(__file__).resolve().parents[1] / "build" / "logo"
 MODEL = BUILD / "model.onnx"

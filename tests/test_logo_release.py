@@ -9,14 +9,13 @@ import json
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
 import torch
 
 from preprocessing.specs import LOGO
 from training.logo import release, train
-from training.logo.export import OUTPUT, export_onnx, session
+from training.logo.export import OUTPUT, export_onnx
 from training.logo.model import TOP_BLOCKS, LogoDetector, weights_digest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,10 +32,6 @@ def test_the_release_assembles_to_the_released_file(assembled) -> None:
     assert hashlib.sha256(assembled.read_bytes()).hexdigest() == manifest["onnx_sha256"]
     metadata = {p.key: p.value for p in onnx.load(str(assembled)).metadata_props}
     assert metadata == manifest["metadata"]
-    assert metadata["model_version"] == str(LOGO.version), "the release is not of the served version"
-    images = np.random.default_rng(0).integers(0, 256, (3, 224, 224, 3), dtype=np.uint8)
-    (scores,) = session(assembled).run(None, {"image": images})
-    np.testing.assert_allclose(scores.sum(axis=1), 1.0, atol=1e-5)
 
 
 def test_make_serve_serves_the_release_and_builds_nothing() -> None:
@@ -50,25 +45,32 @@ def test_make_serve_serves_the_release_and_builds_nothing() -> None:
 
 
 def test_the_release_holds_only_what_training_changed() -> None:
-    names = set(release.load_parameters())
-    assert {"head.weight", "head.bias"} <= names
-    top_block = f"backbone.net._blocks.{len(LogoDetector().backbone.net._blocks) - TOP_BLOCKS}."
-    assert any(name.startswith(top_block) for name in names)
-    assert not any("running_" in name for name in names), "batch-norm statistics never train"
-    assert not any(name.startswith("backbone.net._conv_stem") for name in names)
+    """The head and the CPU build's fine-tuned top (``Backbone.unfreeze_top``), each tensor
+    of the trunk different from the pretrained one; no batch-norm statistics."""
+    parameters = release.load_parameters()
+    detector = LogoDetector()
+    detector.backbone.unfreeze_top(TOP_BLOCKS)
+    trainable = {name for name, p in detector.named_parameters() if p.requires_grad}
+    assert {"head.weight", "head.bias"} <= set(parameters) <= trainable
+    assert any(name.startswith("backbone.net._blocks.") for name in parameters)
+    pretrained = detector.state_dict()
+    for name, tensor in parameters.items():
+        if name.startswith("backbone."):
+            assert not torch.equal(tensor, pretrained[name]), name
 
 
 def test_the_build_reproduces_the_release() -> None:
     """The release is a copy of what the code builds. Where the build ran on the released
     platform (the same CPU kernels, bfloat16 or not), its weights are the release's to the bit;
     elsewhere the fine-tuning takes other rounding, so its test metrics must be the release's
-    within noise."""
+    within noise (11 of the 2,233 test items)."""
     if not (BUILD / train.WEIGHTS).exists():
         pytest.fail(f"missing {BUILD / train.WEIGHTS}: run `make models` first")
     manifest = release.manifest()
     built = json.loads((BUILD / "metrics.json").read_text())
     assert built["data_digest"] == manifest["metadata"]["data_digest"], (
-        "the build's data are not the release's: after changing the model, `make logo-release`")
+        "the build's data are not the release's: a changed data set needs a new version and "
+        "`make logo-release`; unchanged code means a registry package's files changed")
     detector = LogoDetector()
     detector.load_state_dict(torch.load(BUILD / train.WEIGHTS, weights_only=True))
     if release.platform() == manifest["platform"]:
@@ -76,8 +78,8 @@ def test_the_build_reproduces_the_release() -> None:
             "the build's weights are not the release's: after changing the model, `make logo-release`")
     else:
         released = json.loads(manifest["metadata"]["test_metrics"])
-        assert abs(built["test"]["accuracy"] - released["accuracy"]) <= 0.01
-        assert abs(built["test"]["roc_auc"] - released["roc_auc"]) <= 0.005
+        assert abs(built["test"]["accuracy"] - released["accuracy"]) <= 0.005
+        assert abs(built["test"]["roc_auc"] - released["roc_auc"]) <= 0.002
 
 
 def _build(out: Path, detector: LogoDetector) -> None:

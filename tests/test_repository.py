@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import onnx
@@ -9,8 +10,9 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from predictor import repository
 from predictor.configs import cpu_config, render
-from preprocessing.specs import ONNX_FILENAME, SPECS, ModelSpec
+from preprocessing.specs import LOGO, ONNX_FILENAME, SPECS, ModelSpec
 
 REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
 ONNX_UINT8 = onnx.TensorProto.UINT8
@@ -39,3 +41,12 @@ def test_onnx_io_matches_spec(spec: ModelSpec) -> None:
     assert tensor_out.name == spec.output_name
     assert tensor_out.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert tensor_out.type.tensor_type.shape.dim[1].dim_value == len(spec.labels)
+
+
+def test_a_model_of_another_version_is_refused(tmp_path) -> None:
+    served = REPOSITORY / LOGO.name / str(LOGO.version) / ONNX_FILENAME
+    newer = dataclasses.replace(LOGO, version=LOGO.version + 1)
+    refusal = f"is {LOGO.name} version {LOGO.version}, the spec serves version {newer.version}"
+    with pytest.raises(ValueError, match=refusal):
+        repository.build_cpu(tmp_path / "repository", {LOGO.name: served}, (newer,))
+    assert not (tmp_path / "repository").exists()

