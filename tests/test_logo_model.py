@@ -185,11 +185,13 @@ def test_training_is_deterministic_and_resumes_exactly(tmp_path: Path) -> None:
     assert resumed_history == history and len(history["val_loss_per_epoch"]) == 4
 
 
-def test_resume_refuses_another_recipe(tmp_path: Path) -> None:
-    _train(tmp_path, epochs=1)
+def test_resume_refuses_another_recipe_or_a_longer_run(tmp_path: Path) -> None:
+    _train(tmp_path, epochs=2)
     with pytest.raises(ValueError, match="another data set or recipe"):
         train.train_head(_toy_dataset(), torch.nn.Linear(FEATURES, len(LABELS)),
-                         checkpoint=tmp_path / "checkpoint.pt", resume=True, epochs=1, lr=0.1)
+                         checkpoint=tmp_path / "checkpoint.pt", resume=True, epochs=2, lr=0.1)
+    with pytest.raises(ValueError, match="ran 2 epochs, more than 1"):
+        _train(tmp_path, epochs=1, resume=True)
 
 
 def test_subset_keeps_each_training_row_with_its_views() -> None:

@@ -69,6 +69,10 @@ def fit(
         saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
         if saved["fingerprint"] != fingerprint:
             raise ValueError(f"{checkpoint} is from another data set or recipe: delete it or drop --resume")
+        if saved["progress"]["epoch"] > epochs:
+            # Only the longer run's best weights are kept, perhaps from an epoch past ``epochs``.
+            raise ValueError(f"{checkpoint} ran {saved['progress']['epoch']} epochs, more than {epochs}: "
+                             "delete it or drop --resume")
         model.load_state_dict(saved["model"])
         optimiser.load_state_dict(saved["optimiser"])
         progress = saved["progress"]
