@@ -19,12 +19,14 @@ that gives, in the calibration's unit (`analyse`):
 * ``rps``: requests/s over what the step's users would make if each call took the unit.
 
 ``loadtests/baseline.json`` holds these ratios per users and concurrency of each step
-(`plan_key`); the gate flags every endpoint whose ``mean`` or ``rps`` moved by more than
-``--tolerance`` (10 %) in either direction, or whose failure ratio rose by more than a
-point (`gate`). ``--repeat`` runs the steps again on the same stack and takes the medians.
-CPU-bound neighbours are the one thing the calibration does not cancel (docs/PERFORMANCE.md):
-the run measures their share of its CPUs and warns. A deployment (``--url``) has no Triton
-to calibrate against: its run reports absolute figures and fails only on failed requests.
+(`plan_key`), and per CPU model where one is recorded (`baseline_for`); the gate flags
+every endpoint whose ``mean`` or ``rps`` moved by more than ``--tolerance`` (10 %) in
+either direction, or whose failure ratio rose by more than a point (`gate`). ``--repeat``
+runs the steps again on the same stack and takes the medians. CPU-bound neighbours and
+another CPU microarchitecture are what the calibration does not cancel
+(docs/PERFORMANCE.md): the run measures the neighbours' share of its CPUs and warns. A
+deployment (``--url``) has no Triton to calibrate against: its run reports absolute
+figures and fails only on failed requests.
 
 Writes ``<out>/stats_*.csv`` and ``report.html`` (Locust; calibration requests included,
 under their own name), ``samples.json`` (every request), ``throughput.png``,
@@ -109,6 +111,27 @@ def plan_key(users: str, steps: str) -> str:
     """What a baseline's ratios depend on: the users and each step's concurrency. Seconds,
     rounds and repeats only make them more precise."""
     return f"{users} at {','.join(str(count) for count, _ in parse_steps(steps))} users"
+
+
+def cpu_model() -> str:
+    """The CPU's vendor, family and model (its microarchitecture): the ratios move between
+    microarchitectures, whose vector units speed the models and the transformer's Python
+    unequally (docs/PERFORMANCE.md)."""
+    fields: dict[str, str] = {}
+    if Path("/proc/cpuinfo").exists():
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            name, _, value = line.partition(":")
+            fields.setdefault(name.strip(), value.strip())
+    vendor, family, model = (fields.get(k, "?") for k in ("vendor_id", "cpu family", "model"))
+    return f"{vendor} family {family} model {model}"
+
+
+def baseline_for(stored: dict, key: str) -> tuple[str, dict | None]:
+    """This CPU model's baseline for the plan where one is recorded, else the plan's first."""
+    own = f"{key} on {cpu_model()}"
+    if own in stored["plans"]:
+        return own, stored["plans"][own]
+    return key, stored["plans"].get(key)
 
 
 def plan_phases(
@@ -664,9 +687,13 @@ def main(
     else:
         stored = load_baseline(baseline)
         if update_baseline:
+            recorded = stored["plans"].get(key)
+            if recorded is not None and recorded.get("cpu_model") != cpu_model():
+                key = f"{key} on {cpu_model()}"  # the plan's first baseline is another CPU's
             stored["plans"][key] = {
                 "command": summary["command"],
                 "cpus": len(allowed),
+                "cpu_model": cpu_model(),
                 "repeat": repeat,
                 "other_cpu_share": result["other_cpu_share"],
                 "endpoints": gated_figures(result["endpoints"]),
@@ -674,14 +701,14 @@ def main(
             baseline.write_text(json.dumps(stored, indent=2, sort_keys=True) + "\n")
             typer.echo(f"baseline for {key!r} updated: {baseline}")
             return
-        plan = stored["plans"].get(key)
+        key, plan = baseline_for(stored, key)
         if plan is None:
             typer.echo(
                 f"no baseline for {key!r} in {baseline}: run with --update-baseline", err=True
             )
             raise typer.Exit(1)
         problems = gate(gated_figures(result["endpoints"]), plan["endpoints"], tolerance)
-        verdict = f"no endpoint moved by more than {tolerance:.0%} against {baseline}"
+        verdict = f"no endpoint moved by more than {tolerance:.0%} against {baseline} ({key!r})"
     if problems:
         typer.echo("REGRESSION:\n  " + "\n  ".join(problems), err=True)
         raise typer.Exit(1)

@@ -149,10 +149,10 @@ def test_unchanged_passes_and_a_slow_commons_fails(tmp_path: Path) -> None:
     """The committed baseline's plan on this machine: unchanged, every endpoint within
     10 % of the baseline; with the MediaWiki stand-in answering late, lookups by name
     flagged."""
-    plans = run.load_baseline(run.BASELINE)["plans"]
-    key = run.plan_key(USERS, UNCHANGED["steps"])
-    assert key in plans, f"no committed baseline for {key!r}"
-    baseline = plans[key]["endpoints"]
+    stored = run.load_baseline(run.BASELINE)
+    key, plan = run.baseline_for(stored, run.plan_key(USERS, UNCHANGED["steps"]))
+    assert plan is not None, f"no committed baseline for {key!r}"
+    baseline = plan["endpoints"]
     classes = [*USERS.split(","), run.CALIBRATION_USER]
     affinity = os.sched_getaffinity(0)
     try:
@@ -288,3 +288,13 @@ def test_every_user_loads_a_deployment_by_url(
     assert {name: e["failure_ratio"] for name, e in endpoints.items() if e["failure_ratio"]} == {}
     assert set(proxy.hosts) == {"logo-detection.example.org"}
     assert len(proxy.hosts) >= endpoints["Aggregated"]["requests"]  # and the warm-up's
+
+
+def test_a_cpu_models_own_baseline_is_preferred(monkeypatch) -> None:
+    first, own = {"endpoints": {"a": {}}}, {"endpoints": {"b": {}}}
+    stored = {"plans": {"P": first, "P on Vendor family 1 model 2": own}}
+    monkeypatch.setattr(run, "cpu_model", lambda: "Vendor family 1 model 2")
+    assert run.baseline_for(stored, "P") == ("P on Vendor family 1 model 2", own)
+    monkeypatch.setattr(run, "cpu_model", lambda: "Vendor family 9 model 9")
+    assert run.baseline_for(stored, "P") == ("P", first)
+    assert run.baseline_for(stored, "Q") == ("Q", None)
