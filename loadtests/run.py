@@ -1,5 +1,5 @@
 """`make loadtest`: a headless Locust run, its report, and a regression gate that holds on
-any machine.
+any machine of a CPU model it has a baseline for.
 
 Without ``--url`` it starts what `make serve` starts (Triton + transformer on the built
 model repository) plus a local MediaWiki-API server (devtools/fake_commons.py) hosting the
@@ -114,9 +114,9 @@ def plan_key(users: str, steps: str) -> str:
 
 
 def cpu_model() -> str:
-    """The CPU's vendor, family and model (its microarchitecture): the ratios move between
-    microarchitectures, whose vector units speed the models and the transformer's Python
-    unequally (docs/PERFORMANCE.md)."""
+    """The CPU's vendor, family and model (its microarchitecture): the ratios moved by 13-25 %
+    on another CPU model with no code change, presumably because its vector units speed the
+    models and the transformer's Python unequally (docs/PERFORMANCE.md)."""
     fields: dict[str, str] = {}
     if Path("/proc/cpuinfo").exists():
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -126,9 +126,15 @@ def cpu_model() -> str:
     return f"{vendor} family {family} model {model}"
 
 
+def own_key(key: str) -> str:
+    """The plan's baseline for this CPU model: what ``--update-baseline`` writes."""
+    return f"{key} on {cpu_model()}"
+
+
 def baseline_for(stored: dict, key: str) -> tuple[str, dict | None]:
-    """This CPU model's baseline for the plan where one is recorded, else the plan's first."""
-    own = f"{key} on {cpu_model()}"
+    """This CPU model's baseline for the plan where one is recorded, else the plan's
+    unlabelled one (recorded before baselines were per CPU model, on a CPU not recorded)."""
+    own = own_key(key)
     if own in stored["plans"]:
         return own, stored["plans"][own]
     return key, stored["plans"].get(key)
@@ -687,15 +693,15 @@ def main(
     else:
         stored = load_baseline(baseline)
         if update_baseline:
-            recorded = stored["plans"].get(key)
-            if recorded is not None and recorded.get("cpu_model") != cpu_model():
-                key = f"{key} on {cpu_model()}"  # the plan's first baseline is another CPU's
+            key = own_key(key)
             stored["plans"][key] = {
                 "command": summary["command"],
                 "cpus": len(allowed),
-                "cpu_model": cpu_model(),
                 "repeat": repeat,
                 "other_cpu_share": result["other_cpu_share"],
+                "cpu_per_request_in_calibration_images": result.get(
+                    "cpu_per_request_in_calibration_images"
+                ),
                 "endpoints": gated_figures(result["endpoints"]),
             }
             baseline.write_text(json.dumps(stored, indent=2, sort_keys=True) + "\n")
@@ -710,7 +716,7 @@ def main(
         problems = gate(gated_figures(result["endpoints"]), plan["endpoints"], tolerance)
         verdict = f"no endpoint moved by more than {tolerance:.0%} against {baseline} ({key!r})"
     if problems:
-        typer.echo("REGRESSION:\n  " + "\n  ".join(problems), err=True)
+        typer.echo(f"REGRESSION against {key!r}:\n  " + "\n  ".join(problems), err=True)
         raise typer.Exit(1)
     typer.echo(verdict)
 

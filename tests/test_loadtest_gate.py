@@ -294,6 +294,7 @@ def test_a_cpu_models_own_baseline_is_preferred(monkeypatch) -> None:
     first, own = {"endpoints": {"a": {}}}, {"endpoints": {"b": {}}}
     stored = {"plans": {"P": first, "P on Vendor family 1 model 2": own}}
     monkeypatch.setattr(run, "cpu_model", lambda: "Vendor family 1 model 2")
+    assert run.own_key("P") == "P on Vendor family 1 model 2"
     assert run.baseline_for(stored, "P") == ("P on Vendor family 1 model 2", own)
     monkeypatch.setattr(run, "cpu_model", lambda: "Vendor family 9 model 9")
     assert run.baseline_for(stored, "P") == ("P", first)
