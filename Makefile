@@ -100,12 +100,12 @@ bench: serving-models
 quality-report: venv
 	$(if $(SEED),$(PY) -m devtools.seed_verdicts,$(PY) -m moderation report $(QUALITY_REPORT_ARGS))
 
-# `make gpu-bench`: bundle the models, images and wheels a GPU machine needs (≤ 64 MiB), then
+# `make gpu-bench`: bundle the served models (the released logo model), images and wheels a GPU machine needs (≤ 64 MiB), then
 # benchmark with GPU_PYTHON (an interpreter with CUDA PyTorch). DRY_RUN=1: CPU, seconds,
 # with this virtualenv (tests/test_gpu_bench.py). Results in $(GPU_BENCH_DIR)/results.
 GPU_BENCH_DIR ?= build/gpu-bench
 GPU_PYTHON ?= python3
-gpu-bench: models
+gpu-bench: $(LOGO_RELEASE_ONNX) build/nsfw/model.onnx
 	$(PY) -m loadtests.gpu_bench.bundle --out $(GPU_BENCH_DIR)/bundle
 	$(if $(DRY_RUN),$(PY),$(GPU_PYTHON)) -m loadtests.gpu_bench --bundle $(GPU_BENCH_DIR)/bundle \
 		--out $(GPU_BENCH_DIR)/results $(if $(DRY_RUN),--dry-run)

@@ -5,7 +5,8 @@ The bundle holds the two exported models (constant-folded FP32 ONNX: both togeth
 FP16 is made on the GPU from the FP32 weights rather than shipped), the evaluation images
 (encoded, so the end-to-end run decodes them), and a Pillow wheel for the machine's
 Python, since ``preprocessing.decode`` needs Pillow. The code itself travels with the
-working tree. Runs here, after ``make models``; never on the GPU machine.
+working tree. Runs here (``make gpu-bench`` assembles the released logo model first, in
+seconds); never on the GPU machine.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from loadtests.gpu_bench.convert import fold
 from preprocessing.specs import LOGO, NSFW, SPECS
 
 ROOT = Path(__file__).resolve().parents[2]
-MODELS = {LOGO.name: ROOT / "build/logo/model.onnx", NSFW.name: ROOT / "build/nsfw/model.onnx"}
+# The served models: the released logo model, as `make serve` serves it.
+MODELS = {LOGO.name: ROOT / "build/logo-release/model.onnx", NSFW.name: ROOT / "build/nsfw/model.onnx"}
 WHEEL_CACHE = ROOT / "build/gpu-bench/wheels"
 BUDGET_BYTES = 64 * 1024 * 1024
 # The GPU machine's interpreter (CPython 3.12, x86-64 glibc) and the Pillow we serve with.
