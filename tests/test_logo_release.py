@@ -44,6 +44,20 @@ def test_make_serve_serves_the_release_and_builds_nothing() -> None:
     assert "training.logo.build" not in commands and "training.logo.train" not in commands
 
 
+@pytest.mark.parametrize(("target", "main"), [
+    ("loadtest", "-m loadtests.run"), ("soak", "-m loadtests.soak"), ("bench", "-m loadtests.bench"),
+    ("gpu-bench", "-m loadtests.gpu_bench.bundle"),
+])
+def test_load_tests_fetch_their_images_use_the_release_and_train_nothing(target: str, main: str) -> None:
+    """From nothing (-B) the load tests get their images' packages before they start
+    (a fresh clone has them only after the logo build) and never train the logo model."""
+    commands = subprocess.run(["make", "--no-print-directory", "-n", "-B", target], cwd=ROOT,
+                              capture_output=True, text=True, check=True).stdout
+    assert "training.logo.release assemble --out build/logo-release/model.onnx" in commands
+    assert -1 < commands.find("-m loadtests.payloads") < commands.find(main)
+    assert "training.logo.build" not in commands and "training.logo.train" not in commands
+
+
 def test_the_release_holds_only_what_training_changed() -> None:
     """The head and the CPU build's fine-tuned top (``Backbone.unfreeze_top``), each tensor
     of the trunk different from the pretrained one; no batch-norm statistics."""
