@@ -23,7 +23,9 @@ RUN pip install --only-binary=:all: --target /opt/site-packages \
 
 FROM ${TRITON_IMAGE}
 COPY --from=packages /opt/site-packages /opt/site-packages
-COPY predictor/__init__.py preprocessing/specs.py predictor/engines.py /opt/commons-moderation/predictor/
+COPY predictor/__init__.py predictor/engines.py /opt/commons-moderation/predictor/
+# The model specs, which predictor.engines imports as preprocessing.specs.
+COPY preprocessing/__init__.py preprocessing/specs.py /opt/commons-moderation/preprocessing/
 # Triton passes its environment to the Python backend's stub, so the stub imports
 # onnxruntime from here too.
 ENV PYTHONPATH=/opt/commons-moderation:/opt/site-packages PYTHONDONTWRITEBYTECODE=1
