@@ -125,6 +125,20 @@ async def test_decomposed_unicode_is_sent_composed(fake: FakeCommons) -> None:
     assert error_code(result) == "file_not_found"
 
 
+async def test_overlong_names_are_rejected_before_normalising_and_never_sent(
+    fake: FakeCommons,
+) -> None:
+    """A name longer than any title can normalise to is refused at once, quoted in part; one
+    of 255 bytes fully decomposed (4 code points for each character) is still looked up."""
+    decomposed = unicodedata.normalize("NFD", "\u1f82" * 85)  # 255 bytes in NFC, 340 code points
+    names = ["e\u0301" * 1_000_000, "File:" + "_" * 1_000_000 + "Portrait.jpg", decomposed]
+    async with client_for(fake) as client:
+        results = await client.resolve(names)
+    assert [error_code(r) for r in results] == ["invalid_title", "invalid_title", "file_not_found"]
+    assert "255 bytes" in results[0].message and len(results[0].message) < 200
+    assert sent_titles(fake) == [["File:" + "\u1f82" * 85]]
+
+
 async def test_redirects_missing_files_and_request_order(fake: FakeCommons) -> None:
     names = ["Missing.jpg", "Old_name.jpg", "Small.png", "File:Also missing.png", "Portrait.jpg"]
     async with client_for(fake) as client:

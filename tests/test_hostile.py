@@ -142,6 +142,10 @@ def _cases() -> list[Case]:
         Case("name-256-bytes", LOGO, lambda: named("é" * 128 + ".png"), 400, ("invalid_title",)),
         Case("name-5mb", LOGO, lambda: named("a" * 5_000_000), 400, ("invalid_title",)),
         Case("name-5mb-non-ascii", LOGO, lambda: named("é" * 2_500_000), 400, ("invalid_title",)),
+        # 40 M code points that NFC composes in pairs: normalising them all takes about a second.
+        Case("name-60mb-decomposed", LOGO, lambda: named("e\u0301" * 20_000_000), 400, ("invalid_title",)),
+        Case("name-10mb-of-underscores", LOGO, lambda: named("File:" + "_" * 10_000_000 + "Kanion_Co.png"),
+             400, ("invalid_title",)),
         Case("name-50-same", LOGO, lambda: named(*["Kanion_Co.png"] * 50), 200, (None,) * 50),
         Case("name-html-on-commons", LOGO, lambda: named("Not really an image.jpg"), 502, ("fetch_failed",)),
         Case("name-video-for-image-model", LOGO, lambda: named("Skin clip.webm"), 400, ("not_an_image",)),

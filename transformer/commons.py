@@ -65,6 +65,10 @@ MIN_SIDE = 224
 CACHED_WIDTHS: tuple[int, ...] = (120, 250, 330, 500, 960, 1280, 1920)
 FIRST_WIDTH = 330
 MAX_TITLE_BYTES = 255
+# A name any longer cannot be a title of MAX_TITLE_BYTES once normalised: NFC composes at most
+# four code points into one, and the namespace prefix and padding get 64. Checked first, so a
+# hostile name is never normalised or scanned on the event loop (or sent to the API) whole.
+MAX_NAME_CHARS = 4 * MAX_TITLE_BYTES + 64
 IIPROP = "url|sha1|mime|size|mediatype"
 
 _NAMESPACE = re.compile(r"^[ _]*(?:file|image)[ _]*:", re.IGNORECASE)
@@ -453,23 +457,33 @@ def _to_title(name: str) -> str | ItemError:
     Normalisation (underscores, capitalisation, ``Image:``) is left to MediaWiki, which
     reports it in ``query.normalized``; here we only catch what would break the request.
     """
+    name = name.strip()
+    too_long = ItemError(
+        "invalid_title",
+        f"{_shown(name)} is not a valid file name: longer than {MAX_TITLE_BYTES} bytes",
+    )
+    if len(name) > MAX_NAME_CHARS:
+        return too_long
     # MediaWiki stores titles in NFC; sending NFC saves a normalisation hop we would
     # otherwise have to follow (names typed on macOS often arrive decomposed).
-    name = unicodedata.normalize("NFC", name.strip())
+    name = unicodedata.normalize("NFC", name)
     prefix = _NAMESPACE.match(name)
     bare = name[prefix.end() if prefix else 0 :].strip(" _")
     if not bare:
-        return ItemError("invalid_title", f"{name!r} is not a valid file name: it is empty")
+        return ItemError("invalid_title", f"{_shown(name)} is not a valid file name: it is empty")
     if bad := _FORBIDDEN.search(bare):
         return ItemError(
-            "invalid_title", f"{name!r} is not a valid file name: it contains {bad.group()!r}"
+            "invalid_title",
+            f"{_shown(name)} is not a valid file name: it contains {bad.group()!r}",
         )
     if len(bare.encode()) > MAX_TITLE_BYTES:
-        return ItemError(
-            "invalid_title",
-            f"{name[:40] + '…'!r} is not a valid file name: longer than {MAX_TITLE_BYTES} bytes",
-        )
+        return too_long
     return name if prefix else f"File:{name}"
+
+
+def _shown(name: str) -> str:
+    """A client's name as error messages quote it: at most 40 characters of it."""
+    return repr(name if len(name) <= 40 else name[:40] + "…")
 
 
 def _match(titles: Sequence[str], batches: Sequence[dict[str, Any]]) -> dict[str, Resolved]:
