@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections.abc import Awaitable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
@@ -116,9 +117,20 @@ class ImageModel(TritonModel):
             if self.cache
             else [None] * len(keys)
         )
+        # One download and decode per distinct file: fifty names of one file hold its bytes once.
+        shared: dict[CommonsFile, asyncio.Future] = {}
+
+        def work(source: Source, record: Record | None) -> Awaitable[np.ndarray | CodedError | Record]:
+            if record is not None:
+                return known(record)
+            if not isinstance(source, CommonsFile):
+                return self._fetch_and_prepare(source, deadline)
+            if source not in shared:
+                shared[source] = asyncio.ensure_future(self._fetch_and_prepare(source, deadline))
+            return shared[source]
+
         results = await all_or_none(
-            self._fetch_and_prepare(source, deadline) if record is None else known(record)
-            for source, record in zip(sources, stored, strict=True)
+            work(source, record) for source, record in zip(sources, stored, strict=True)
         )
         return Batch(instances, sources, keys, results, debug=request.debug)
 
