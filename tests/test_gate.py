@@ -66,9 +66,10 @@ async def ok_app(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 def gate(app=ok_app, max_requests: int = 4, max_bytes: int = 1000, max_body: int = 500,
-         max_waiting: int = 0, wait_s: float = 0.0) -> RequestGate:
+         max_waiting: int = 0, wait_s: float = 0.0, body_timeout_s: float = 5.0) -> RequestGate:
     admission = Admission(max_requests, max_bytes, max_waiting=max_waiting, wait_s=wait_s)
-    return RequestGate(app, models=MODELS, max_body=max_body, admission=admission)
+    return RequestGate(app, models=MODELS, max_body=max_body, admission=admission,
+                       body_timeout_s=body_timeout_s)
 
 
 async def test_a_server_bug_is_a_500_with_only_a_request_id() -> None:
@@ -193,6 +194,39 @@ async def test_bytes_in_flight_are_bounded_while_reading() -> None:
     await guarded(scope(), exchange.receive, exchange.send)
     assert exchange.status == 503
     assert guarded.admission.bytes == 0
+
+
+class Trickle(Exchange):
+    """A client that sends ``chunks`` and then nothing more, without ending its body."""
+
+    async def receive(self) -> Message:
+        if self.chunks:
+            return {"type": "http.request", "body": self.chunks.pop(0), "more_body": True}
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_a_body_that_does_not_arrive_in_time_is_408_and_frees_its_slot() -> None:
+    guarded = gate(body_timeout_s=0.2)
+    stalled = Trickle([b"x" * 100])
+    await asyncio.wait_for(guarded(scope(content_length="400"), stalled.receive, stalled.send), 5)
+    assert stalled.status == 408
+    assert "did not arrive within 0.2 s (100 bytes came)" in stalled.json["error"]
+    assert guarded.admission.requests == 0 and guarded.admission.bytes == 0
+
+
+async def test_bytes_are_reserved_as_they_arrive_not_as_declared() -> None:
+    """A client that declares a large body and sends none of it holds no bytes: another
+    request's body still fits."""
+    guarded = gate(max_bytes=600, body_timeout_s=0.5)
+    stalled = Trickle([])
+    stalling = asyncio.ensure_future(guarded(scope(content_length="500"), stalled.receive, stalled.send))
+    await asyncio.sleep(0.05)
+    other = Exchange([b"x" * 400])
+    await guarded(scope(), other.receive, other.send)
+    assert other.status == 200
+    await asyncio.wait_for(stalling, 5)
+    assert stalled.status == 408
 
 
 async def test_a_declared_or_streamed_body_over_the_limit_is_413() -> None:

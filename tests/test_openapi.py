@@ -12,6 +12,7 @@ module's own, with settings that make them happen.
 from __future__ import annotations
 
 import base64
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -184,7 +185,7 @@ def test_item_error_codes_are_the_status_tables() -> None:
 def test_every_predict_status_the_service_uses_is_declared() -> None:
     for path in PREDICT:
         assert set(_at(("paths", path, "post", "responses"))) == {
-            "200", "400", "413", "500", "502", "503", "504",
+            "200", "400", "408", "413", "500", "502", "503", "504",
         }  # fmt: skip
 
 
@@ -268,6 +269,7 @@ def test_other_routes_answer_the_documented_error(
 
 MAX_BODY_BYTES = 8192
 DEADLINE_S = 2.0
+BODY_TIMEOUT_S = 1.0
 
 
 @pytest.fixture(scope="module")
@@ -289,6 +291,7 @@ def failing(
         "MAX_INFLIGHT_REQUESTS": "1",
         "MAX_QUEUED_REQUESTS": "0",
         "MAX_BODY_BYTES": str(MAX_BODY_BYTES),
+        "BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
     }
     with Stack(
         triton_ports=triton,
@@ -312,6 +315,29 @@ BY_NAME = {"instances": [{"filename": "Example.jpg"}]}
 def test_a_body_over_the_limit_is_413(failing: str) -> None:
     response = httpx.post(failing + LOGO, content=b"x" * (MAX_BODY_BYTES + 1), timeout=30)
     assert response.status_code == 413, response.text
+    assert_documented(response, LOGO)
+
+
+def test_a_body_that_stops_arriving_is_408(failing: str) -> None:
+    """A client that declares 100 bytes and sends one: answered when the body's time is up."""
+    url = httpx.URL(failing)
+    with socket.create_connection((url.host, url.port), timeout=30) as client:
+        client.sendall(f"POST {LOGO} HTTP/1.1\r\nHost: {url.host}\r\nContent-Type: application/json\r\n"
+                       "Content-Length: 100\r\n\r\n{".encode())
+        started = time.monotonic()
+        raw = b""
+        while b"\r\n\r\n" not in raw:
+            raw += client.recv(65536)
+        elapsed = time.monotonic() - started
+        head, body = raw.split(b"\r\n\r\n", 1)
+        status_line, *header_lines = head.decode().split("\r\n")
+        headers = dict(line.split(": ", 1) for line in header_lines)
+        while len(body) < int(headers["content-length"]):
+            body += client.recv(65536)
+    assert BODY_TIMEOUT_S <= elapsed < BODY_TIMEOUT_S + 10
+    response = httpx.Response(int(status_line.split()[1]), headers=headers, content=body)
+    assert response.status_code == 408, raw
+    assert response.json()["error"] == "the request body did not arrive within 1 s (1 bytes came)"
     assert_documented(response, LOGO)
 
 

@@ -74,6 +74,7 @@ def main() -> None:
         RequestGate,
         models=names,
         max_body=settings.max_body_bytes,
+        body_timeout_s=settings.body_timeout_s,
         admission=Admission(
             settings.max_inflight_requests, settings.max_inflight_body_bytes,
             max_waiting=settings.max_queued_requests, wait_s=settings.admission_wait_s,

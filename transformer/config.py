@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     # (32 refused 1.4 % of requests there).
     max_inflight_requests: int = Field(64, ge=1, le=4096)
     max_inflight_body_bytes: int = Field(128 * 1024 * 1024, ge=1024)
+    # A request's whole body must arrive within this, else 408: a client trickling its body
+    # would otherwise hold a request slot and its bytes' share of the budget indefinitely.
+    body_timeout_s: float = Field(30.0, gt=0, le=600)
     # Past max_inflight_requests, this many requests wait up to admission_wait_s for a turn
     # before their bodies are read (Knative's queue-proxy does the same in the cluster).
     max_queued_requests: int = Field(256, ge=0, le=65536)

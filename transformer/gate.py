@@ -10,8 +10,11 @@ ours runs. So everything passes through here first, cheapest check first:
 * **admission**: at most ``max_requests`` predict requests and ``max_body_bytes`` of their
   bodies in flight, a few more waiting briefly for a turn; past that, 503 with Retry-After
   instead of running out of memory;
-* **body**: 413 past ``max_body`` (declared or read); the body is then handed to KServe
-  as opaque bytes, so that the models parse it off the event loop (``transformer.request``);
+* **body**: 413 past ``max_body`` (declared or read), 408 when it has not all arrived
+  within ``body_timeout_s`` (a client trickling a body would otherwise hold its slot and
+  its bytes for as long as it liked); bytes are reserved as they arrive, not as declared.
+  The body is then handed to KServe as opaque bytes, so that the models parse it off the
+  event loop (``transformer.request``);
 * **request id**: the caller's ``x-request-id`` when it is sane, else a new one, echoed
   on the response and in the body of a 500;
 * **cancellation**: when the client disconnects, the request's remaining work is cancelled;
@@ -131,11 +134,13 @@ class RequestGate:
         models: Collection[str],
         max_body: int,
         admission: Admission,
+        body_timeout_s: float,
     ) -> None:
         self.app = app
         self.models = frozenset(models)
         self.max_body = max_body
         self.admission = admission
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -200,30 +205,31 @@ class RequestGate:
             return
         reserved = 0
         try:
-            if not self.admission.reserve(size):
-                await _busy("bytes", "too many request bytes in flight", scope, receive, send)
-                return
-            reserved = size
             body: list[bytes] = []
-            received = 0
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    return
-                chunk = message.get("body", b"")
-                received += len(chunk)
-                if received > self.max_body:
-                    await _too_large(received, self.max_body, scope, receive, send)
-                    return
-                if received > reserved:
-                    if not self.admission.reserve(received - reserved):
-                        await _busy("bytes", "too many request bytes in flight", scope, receive, send)
-                        return
-                    reserved = received
-                body.append(chunk)
-                if not message.get("more_body", False):
-                    break
-            await self._run(_as_opaque(scope), b"".join(body), receive, send, request_id)
+            try:
+                async with asyncio.timeout(self.body_timeout_s):
+                    while True:
+                        message = await receive()
+                        if message["type"] == "http.disconnect":
+                            return
+                        chunk = message.get("body", b"")
+                        if reserved + len(chunk) > self.max_body:
+                            await _too_large(reserved + len(chunk), self.max_body, scope, receive, send)
+                            return
+                        if not self.admission.reserve(len(chunk)):
+                            await _busy("bytes", "too many request bytes in flight", scope, receive, send)
+                            return
+                        reserved += len(chunk)
+                        body.append(chunk)
+                        if not message.get("more_body", False):
+                            break
+            except TimeoutError:
+                late = f"the request body did not arrive within {self.body_timeout_s:g} s ({reserved} bytes came)"
+                await _answer(HTTPStatus.REQUEST_TIMEOUT, {"error": late}, scope, receive, send)
+                return
+            whole = b"".join(body)
+            body.clear()  # one copy of the body in memory, not two
+            await self._run(_as_opaque(scope), whole, receive, send, request_id)
         finally:
             self.admission.leave(reserved)
 
