@@ -11,15 +11,17 @@ import time
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import replace
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import quote
 
 import httpx
+import orjson
 import pytest
 from PIL import Image
 
 from devtools.fake_commons import FakeCommons, image_bytes
-from devtools.local_server import LoggedRequest
+from devtools.local_server import LocalServer, LoggedRequest
 from transformer import commons
 from transformer.commons import (
     MAX_CONTINUATIONS,
@@ -763,3 +765,71 @@ async def test_upload_hosts_are_also_allowed_over_https(fake: FakeCommons) -> No
             await client.fetch(elsewhere)
         elsewhere = replace(elsewhere, url=f"https://127.0.0.1:{port + 1}/original/Portrait.jpg")
         assert error_code(await client.fetch(elsewhere)) == "url_not_allowed"
+
+
+class _CannedHandler(BaseHTTPRequestHandler):
+    """Answers every request with the stand-in's ``answer`` bytes, with or without a
+    Content-Length (without one the body ends when the connection closes)."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        answer, declare = self.server.fake.answer, self.server.fake.declare
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        if declare:
+            self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class CannedApi(LocalServer):
+    """An API endpoint that answers what a test tells it to, however broken."""
+
+    def __init__(self, answer: bytes, declare: bool = True) -> None:
+        self.answer = answer
+        self.declare = declare
+        super().__init__(_CannedHandler)
+
+    @property
+    def api_url(self) -> str:
+        return self.base_url + "/w/api.php"
+
+
+def page(**info: Any) -> bytes:
+    url = "https://upload.wikimedia.org/wikipedia/commons/a/ab/A.jpg"
+    entry = {"url": url, "width": 800, "height": 600, "size": 1000, "sha1": "a" * 40,
+             "mime": "image/jpeg", "mediatype": "BITMAP", "thumbwidth": 330, "thumbheight": 248,
+             "thumburl": url, **info}
+    return orjson.dumps({"query": {"pages": [{"title": "File:A.jpg", "imageinfo": [entry]}]}})
+
+
+@pytest.mark.parametrize("info", [{"width": "wide"}, {"sha1": 12}, {"thumburl": ["x"]},
+                                  {"size": True}, {"thumbheight": 1.5}])
+async def test_an_answer_with_fields_of_the_wrong_type_is_a_502_for_its_names(info: dict) -> None:
+    """A malformed answer is Commons failing (every name in it alike), never a crash later."""
+    with CannedApi(page(**info)) as api:
+        async with CommonsClient(api.api_url, user_agent=UA, backoff=0.01) as client:
+            with pytest.raises(CommonsUnavailable, match="unexpected format") as raised:
+                await client.resolve(["A.jpg"])
+    assert raised.value.status == 502
+
+
+async def test_a_url_that_is_not_valid_is_never_fetched() -> None:
+    with CannedApi(page(thumburl="http://[::1/A.jpg")) as api:
+        async with CommonsClient(api.api_url, user_agent=UA, backoff=0.01) as client:
+            (found,) = await client.resolve(["A.jpg"])
+            fetched = await client.fetch(ok(found))
+    assert error_code(fetched) == "url_not_allowed" and status_of(fetched) == 502
+    assert "not valid" in fetched.message
+
+
+@pytest.mark.parametrize("declare", [True, False])
+async def test_an_api_answer_over_the_limit_is_refused(declare: bool) -> None:
+    padding = b" " * commons.MAX_API_ANSWER_BYTES
+    with CannedApi(page()[:-1] + padding + b"}", declare=declare) as api:
+        async with CommonsClient(api.api_url, user_agent=UA, backoff=0.01) as client:
+            with pytest.raises(CommonsUnavailable, match=f"more than {commons.MAX_API_ANSWER_BYTES} bytes"):
+                await client.resolve(["A.jpg"])

@@ -28,6 +28,7 @@ Why it is shaped like this:
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import random
@@ -65,6 +66,8 @@ MIN_SIDE = 224
 CACHED_WIDTHS: tuple[int, ...] = (120, 250, 330, 500, 960, 1280, 1920)
 FIRST_WIDTH = 330
 MAX_TITLE_BYTES = 255
+# An imageinfo answer for 50 titles is tens of kilobytes; a larger one is not Commons'.
+MAX_API_ANSWER_BYTES = 4 * 2**20
 # A name any longer cannot be a title of MAX_TITLE_BYTES once normalised: NFC composes at most
 # four code points into one, and the namespace prefix and padding get 64. Checked first, so a
 # hostile name is never normalised or scanned on the event loop (or sent to the API) whole.
@@ -219,7 +222,14 @@ class CommonsClient:
         ``deadline``; a refused URL, a 4xx or 3xx, a body that is a web page rather than
         media, or a file over the limit is an `ItemError`.
         """
-        url = self._api_url.join(file.original_url if original else file.url)
+        try:
+            url = self._api_url.join(file.original_url if original else file.url)
+        except httpx.InvalidURL as exc:
+            return ItemError(
+                "url_not_allowed",
+                f"{file.title} points to a URL that is not valid ({exc}); not fetched",
+                HTTPStatus.BAD_GATEWAY,
+            )
         if _origin(url) not in self._allowed_origins:
             return ItemError(
                 "url_not_allowed",
@@ -296,17 +306,20 @@ class CommonsClient:
 
     async def _api_call(self, params: dict[str, str]) -> dict[str, Any]:
         """One POST (which keeps 50 long titles out of the URL); the answer's JSON body."""
-        response = await self._http.post(
+        async with self._http.stream(
+            "POST",
             self._api_url,
             data=params,
             headers={**self._api_headers, **_traced()},
             timeout=self._api_timeout,
-        )
-        _raise_if_transient(response)
-        if response.status_code != 200:
-            raise CommonsUnavailable(502, f"the Commons API answered HTTP {response.status_code}")
+        ) as response:
+            _raise_if_transient(response)
+            if response.status_code != 200:
+                raise CommonsUnavailable(502, f"the Commons API answered HTTP {response.status_code}")
+            raw = await _read_api_answer(response)
         try:
-            body = response.json()
+            # On the event loop: at most MAX_API_ANSWER_BYTES, tens of milliseconds at worst.
+            body = json.loads(raw)
         except ValueError:
             raise CommonsUnavailable(502, "the Commons API answered with invalid JSON") from None
         if not isinstance(body, dict):
@@ -536,6 +549,7 @@ def _parse_page(sent: str, page: dict[str, Any] | None) -> Resolved:
     info = (page.get("imageinfo") or [{}])[0]
     if "url" not in info or info.get("filemissing"):
         return ItemError("file_not_found", f"there is no file {title} on Commons")
+    _check_types(title, info)
     width, height = info.get("width", 0), info.get("height", 0)
     return CommonsFile(
         title=title,
@@ -550,6 +564,23 @@ def _parse_page(sent: str, page: dict[str, Any] | None) -> Resolved:
         thumb_width=info.get("thumbwidth", width),
         thumb_height=info.get("thumbheight", height),
     )
+
+
+# The imageinfo fields we use and their JSON types. Anything else is a malformed answer
+# (a TypeError, which the lookup turns into a 502 for the chunk), never a crash later on.
+_INFO_TYPES: dict[str, type] = {
+    "url": str, "thumburl": str, "mime": str, "mediatype": str, "sha1": str,
+    "size": int, "width": int, "height": int, "thumbwidth": int, "thumbheight": int,
+}
+
+
+def _check_types(title: Any, info: dict[str, Any]) -> None:
+    if not isinstance(title, str):
+        raise TypeError(f"a page title is {type(title).__name__}, not str")
+    for key, kind in _INFO_TYPES.items():
+        value = info.get(key)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise TypeError(f"{title}'s {key} is {type(value).__name__}, not {kind.__name__}")
 
 
 def _wider_width(file: CommonsFile) -> int | None:
@@ -568,6 +599,22 @@ def _wider_width(file: CommonsFile) -> int | None:
     if file.mime != "image/svg+xml":
         width = min(width, file.width)
     return width if width > file.thumb_width else None
+
+
+async def _read_api_answer(response: httpx.Response) -> bytes:
+    """The body of an API answer, refused (502) past `MAX_API_ANSWER_BYTES` before more is read."""
+    too_large = CommonsUnavailable(
+        502, f"the Commons API answered more than {MAX_API_ANSWER_BYTES} bytes"
+    )
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_API_ANSWER_BYTES:
+        raise too_large
+    data = bytearray()
+    async for chunk in response.aiter_bytes():
+        data += chunk
+        if len(data) > MAX_API_ANSWER_BYTES:
+            raise too_large
+    return bytes(data)
 
 
 def _raise_if_transient(response: httpx.Response) -> None:
