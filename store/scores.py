@@ -165,6 +165,11 @@ class ScoreStore:
         """Bring the schema to the newest migration; a no-op when it is there already."""
         try:
             with self.transaction() as conn:
+                if conn.dialect.name == "postgresql":
+                    # A migration may index or rewrite a whole table, which outlasts a serving
+                    # statement timeout: it runs without one. The session's lock_timeout stays,
+                    # so it gives way to live traffic instead of queueing it behind its lock.
+                    conn.exec_driver_sql("SET LOCAL statement_timeout = 0")
                 upgrade(self.url, connection=conn)
         except CommandError as exc:
             raise StoreError(f"{self._name}: {exc}") from exc
