@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import struct
 from collections.abc import Sequence
+from fractions import Fraction
 
 import av
 import numpy as np
@@ -81,6 +82,32 @@ def _write_scenes(container, stream, scenes: Sequence[tuple[Image.Image, float]]
             container.mux(stream.encode(frame))
             index += 1
     container.mux(stream.encode(None))
+
+
+def growing_frames_webm(small: int = 64, big: int = 1024, seconds: float = 0.6, fps: int = 10) -> bytes:
+    """A VP8 WebM whose header (and first keyframe) say ``small`` x ``small`` and whose later
+    keyframes are ``big`` x ``big``: VP8 may change size at any keyframe, so only the
+    decoder sees the real size."""
+    out = io.BytesIO()
+    with av.open(out, "w", format="webm") as container:
+        stream = container.add_stream("libvpx", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = small, small, "yuv420p"
+        later = av.CodecContext.create("libvpx", "w")
+        later.width, later.height, later.pix_fmt = big, big, "yuv420p"
+        later.time_base, later.framerate = Fraction(1, fps), Fraction(fps)
+        index = 0
+        for encoder, side in ((stream.codec_context, small), (later, big)):
+            for _ in range(round(seconds * fps)):
+                frame = av.VideoFrame.from_image(images.photo(side, side, index))
+                frame.pts = index
+                index += 1
+                for packet in encoder.encode(frame):
+                    packet.stream = stream
+                    container.mux(packet)
+            for packet in encoder.encode(None):
+                packet.stream = stream
+                container.mux(packet)
+    return out.getvalue()
 
 
 def with_audio(

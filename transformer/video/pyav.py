@@ -9,6 +9,7 @@ declared duration is ``truncated_video``.
 
 from __future__ import annotations
 
+import errno
 import io
 import math
 from collections.abc import Iterator
@@ -82,6 +83,11 @@ class AvVideo:
             raise VideoError(
                 "video_too_large", too_many_pixels(context.width, context.height, limits)
             )
+        # A stream may grow at any keyframe past the size its header gave: the decoder itself
+        # refuses such a frame before allocating it, as the header check cannot (`_decoded`).
+        context.options = {**context.options, "max_pixels": str(limits.max_pixels)}
+        self._max_pixels = limits.max_pixels
+        self._header_size = f"{context.width}x{context.height}"
         self.fps = float(stream.average_rate or stream.guessed_rate or 25)
         self._declared = _declared_duration(stream)
         self.duration_s = (
@@ -157,6 +163,15 @@ class AvVideo:
             except av.DecoderNotFoundError:
                 raise _no_decoder() from None
             except av.FFmpegError as exc:
+                context = self._stream.codec_context
+                if exc.errno == errno.EINVAL and context.width * context.height == 0:
+                    # FFmpeg zeroes the size it refuses: a frame past max_pixels. Skipping it
+                    # would score the video on the frames that are small enough.
+                    raise VideoError(
+                        "video_too_large",
+                        f"a frame of the video is larger than the limit of {self._max_pixels} "
+                        f"pixels (its header says {self._header_size})",
+                    ) from None
                 # One bad packet need not spoil the video; a player skips it too.
                 self._bad_packets += 1
                 self._note(exc)
