@@ -226,9 +226,16 @@ def test_liftwing_layout_overrides_apply_per_model() -> None:
         user = [e["name"] for e in generic["base_env"] + generic["custom_env"]]
         own_env = [e["name"] for e in own.get("custom_env", []) if e["name"] != "STORAGE_URI"]
         assert env[-len(user + own_env):] == user + own_env
+        admission = {**generic["admission"], **own.get("admission", {})}
+        values_of = {e["name"]: e.get("value") for e in server["env"]}
+        assert values_of["REQUEST_DEADLINE_S"] == str(admission["request_deadline_s"]), name
+        assert predictor["containerConcurrency"] == admission["max_inflight_requests"], name
     video = rendered["nsfw-video-detection"]["spec"]["predictor"]
     logo = rendered["logo-detection"]["spec"]["predictor"]
     assert video["timeout"] != logo["timeout"]
+    deadlines = {name: next(e["value"] for e in rendered[name]["spec"]["predictor"]["containers"][0]["env"]
+                            if e["name"] == "REQUEST_DEADLINE_S") for name in ("logo-detection", "nsfw-video-detection")}
+    assert deadlines == {"logo-detection": "30", "nsfw-video-detection": "110"}
     assert video["containers"][0]["resources"] != logo["containers"][0]["resources"]
     assert storage_uris(config)["logo-detection"].startswith("s3://wmf-ml-models/logo-detection/")
 
@@ -459,6 +466,7 @@ def overlay_file(tmp_path: Path, dotted: str, value: object) -> Path:
         ("profile", "tpu", "profile must be one of"),
         ("inference_services.logo-detection.predictor.imagee", "x", "Additional property imagee"),
         ("inference_services.logo-detection.transformer", {}, "Additional property transformer"),
+        ("inference_services.logo-detection.predictor.admission.deadline", 5, "Additional property deadline"),
         ("inference_services.Logo_Detection.predictor", {}, 'name of "Logo_Detection" does not match'),
         ("monitoring.rules.latency_slo_seconds.logo-detection", 0, "Must be greater than 0"),
     ],
@@ -508,12 +516,17 @@ def storage(uri: str) -> list[dict]:
         (
             "inference.predictor.admission.request_deadline_s",
             600,
-            "request_deadline_s must be below config.timeout",
+            "admission.request_deadline_s (600) must be below config.timeout (60)",
         ),
         (
             "inference_services.nsfw-video-detection.predictor.config",
             {"timeout": 20},
-            "nsfw-video-detection: inference.predictor.admission.request_deadline_s",
+            "nsfw-video-detection: admission.request_deadline_s (30) must be below config.timeout (20)",
+        ),
+        (
+            "inference_services.logo-detection.predictor.admission",
+            {"request_deadline_s": 90},
+            "logo-detection: admission.request_deadline_s (90) must be below config.timeout (60)",
         ),
         ("monitoring.dashboard.enabled", True, "monitoring.dashboard needs monitoring.rules"),
     ],

@@ -50,6 +50,7 @@ generic env. STORAGE_URI is taken out of the env: it is the model's directory in
   "config" (mergeOverwrite (deepCopy ($generic.config | default dict)) ($own.config | default dict))
   "container" (mergeOverwrite (deepCopy $generic.container) ($own.container | default dict))
   "autoscaling" (mergeOverwrite (deepCopy $generic.autoscaling) ($own.autoscaling | default dict))
+  "admission" (mergeOverwrite (deepCopy $generic.admission) ($own.admission | default dict))
   "base_env" (concat ($generic.base_env | default list) ($generic.custom_env | default list))
   "custom_env" $env
   "storage_uri" $storage -}}
