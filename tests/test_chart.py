@@ -435,6 +435,13 @@ def test_engine_build_jobs_cover_every_gpu_model(values_set: str) -> None:
             for m in container["volumeMounts"] if m["name"] in claims
         }
         assert mounted == {f"/mnt/models/{name}": uri for name, uri in uris.items()}
+    # Triton runs only where one of those engines can load.
+    triton = next(doc for doc in render(values_set) if doc["kind"] == "InferenceService"
+                  and doc["metadata"]["name"].endswith("triton"))
+    terms = triton["spec"]["predictor"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    placed = {".".join(expression["values"][0] for expression in term["matchExpressions"]) for term in terms}
+    assert placed == set(build["compute_capabilities"])
 
 
 def test_chart_pins_the_triton_release_the_engines_are_built_for() -> None:
