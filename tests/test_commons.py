@@ -833,3 +833,21 @@ async def test_an_api_answer_over_the_limit_is_refused(declare: bool) -> None:
         async with CommonsClient(api.api_url, user_agent=UA, backoff=0.01) as client:
             with pytest.raises(CommonsUnavailable, match=f"more than {commons.MAX_API_ANSWER_BYTES} bytes"):
                 await client.resolve(["A.jpg"])
+
+
+async def test_a_download_is_bounded_before_it_starts() -> None:
+    """What the download budget reserves: the size of an original, and of a GIF's thumbnail
+    (every frame); a JPEG or PNG thumbnail's pixels as RGBA; within the fetch limit."""
+    async with CommonsClient("https://commons.wikimedia.org/w/api.php", user_agent=UA,
+                             max_fetch_bytes=10_000_000) as client:
+        bound = client.fetch_bound
+    thumb = CommonsFile(title="File:A.jpg", url="https://upload.wikimedia.org/thumb/a/330px-A.jpg",
+                        original_url="https://upload.wikimedia.org/a/A.jpg", mime="image/jpeg",
+                        mediatype="BITMAP", size=8_000_000, width=4000, height=3000,
+                        sha1="a" * 40, thumb_width=330, thumb_height=248)
+    slack = 64 * 1024
+    assert bound(thumb) == 330 * 248 * 4 + slack
+    assert bound(thumb, original=True) == 8_000_000
+    assert bound(replace(thumb, url=thumb.original_url, size=500)) == slack
+    assert bound(replace(thumb, mime="image/gif")) == 8_000_000
+    assert bound(replace(thumb, size=50_000_000), original=True) == 10_000_000

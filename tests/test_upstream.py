@@ -124,3 +124,25 @@ def test_the_request_deadline_cuts_slow_lookups_and_downloads(
     assert "prediction" in scored
     assert late["error"]["code"] == "deadline_exceeded"
     assert 3 <= took < 5
+
+
+def test_image_downloads_wait_for_the_download_budget(
+    triton: TritonPorts, fake_commons, tmp_path
+) -> None:
+    """With room for one thumbnail's bound at a time (each is its pixels as RGBA, about
+    0.7 MB here), two files are fetched one after the other, and both are scored."""
+    names = ["Portrait photo.jpg", "Kanion Co.png"]
+    settings = {"MAX_INFLIGHT_DOWNLOAD_BYTES": str(1024 * 1024)}
+    with transformer(triton, fake_commons, tmp_path, **settings) as served:
+        before = len(fake_commons.file_requests)
+        fake_commons.file_delay = 0.5
+        try:
+            response = httpx.post(
+                served.url + LOGO, json={"instances": [{"filename": n} for n in names]}, timeout=60
+            )
+        finally:
+            fake_commons.file_delay = 0.0
+    assert response.status_code == 200, response.text
+    assert all("prediction" in p for p in response.json()["predictions"])
+    first, second = fake_commons.file_requests[before:]
+    assert second.at - first.at >= 0.5

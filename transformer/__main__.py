@@ -21,7 +21,7 @@ from transformer.config import Settings, load_settings
 from transformer.gate import Admission, RequestGate
 from transformer.http_errors import install_handlers
 from transformer.memory import bound_malloc
-from transformer.model import ImageModel
+from transformer.model import ImageModel, download_budget
 from transformer.readiness import TritonModelReadiness
 from transformer.score_cache import ScoreCache
 from transformer.sources import commons_client
@@ -33,8 +33,9 @@ def build_models(settings: Settings) -> list[kserve.Model]:
     decoder = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
     parser = ThreadPoolExecutor(settings.parse_threads, thread_name_prefix="parse")
     cache = ScoreCache.from_settings(settings)
+    downloads = download_budget(settings)
     models: list[kserve.Model] = [
-        ImageModel(spec, settings, commons, decoder, parser, cache) for spec in SPECS
+        ImageModel(spec, settings, commons, decoder, parser, cache, downloads) for spec in SPECS
     ]
     video_commons = commons_client(
         settings,

@@ -66,6 +66,8 @@ MIN_SIDE = 224
 CACHED_WIDTHS: tuple[int, ...] = (120, 250, 330, 500, 960, 1280, 1920)
 FIRST_WIDTH = 330
 MAX_TITLE_BYTES = 255
+# A thumbnail's headers and metadata beyond its pixels; also the least a download is counted as.
+_THUMB_SLACK_BYTES = 64 * 1024
 # An imageinfo answer for 50 titles is tens of kilobytes; a larger one is not Commons'.
 MAX_API_ANSWER_BYTES = 4 * 2**20
 # A name any longer cannot be a title of MAX_TITLE_BYTES once normalised: NFC composes at most
@@ -211,6 +213,17 @@ class CommonsClient:
         found = await self._lookup(wanted, FIRST_WIDTH, deadline)
         await self._widen(found, deadline)
         return [title if isinstance(title, ItemError) else found[title] for title in titles]
+
+    def fetch_bound(self, file: CommonsFile, *, original: bool = False) -> int:
+        """The bytes fetching ``file`` may bring, known before it starts, within
+        ``max_fetch_bytes``: the file's size when the original is served; for a GIF's
+        thumbnail too (it keeps every frame); else the thumbnail's pixels as uncompressed
+        RGBA, which a JPEG or PNG thumbnail never reaches."""
+        if original or file.url == file.original_url or file.mime == "image/gif":
+            bound = file.size
+        else:
+            bound = file.thumb_width * file.thumb_height * 4 + _THUMB_SLACK_BYTES
+        return min(max(bound, _THUMB_SLACK_BYTES), self._max_fetch_bytes)
 
     async def fetch(
         self, file: CommonsFile, *, original: bool = False, deadline: float | None = None

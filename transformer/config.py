@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     # (32 refused 1.4 % of requests there).
     max_inflight_requests: int = Field(64, ge=1, le=4096)
     max_inflight_body_bytes: int = Field(128 * 1024 * 1024, ge=1024)
+    # Image downloads being fetched or waiting for a decode thread, across requests, as each
+    # file's bound before it is fetched (CommonsClient.fetch_bound); past it a download waits
+    # its turn until the request's deadline. A request's bodies are held to the budget above.
+    max_inflight_download_bytes: int = Field(128 * 1024 * 1024, ge=1024 * 1024)
     # A request's whole body must arrive within this, else 408: a client trickling its body
     # would otherwise hold a request slot and its bytes' share of the budget indefinitely.
     body_timeout_s: float = Field(30.0, gt=0, le=600)

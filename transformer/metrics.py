@@ -7,7 +7,7 @@ status; never a title, a URL or a host.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -31,6 +31,11 @@ COMMONS_RETRY_WAIT = Counter(
     "transformer_commons_retry_wait_seconds",
     "Seconds waited before retrying Commons: asked by its Retry-After, or backoff",
     ["reason"],
+)
+DOWNLOAD_BYTES_RESERVED = Gauge(
+    "transformer_download_bytes_reserved",
+    "Bytes reserved for image downloads being fetched or waiting for a decode thread "
+    "(MAX_INFLIGHT_DOWNLOAD_BYTES bounds it)",
 )
 DECODE_SECONDS = Histogram(
     "transformer_decode_seconds",

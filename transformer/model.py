@@ -32,13 +32,14 @@ from store import Key, Record
 from transformer import request_log
 from transformer.commons import CommonsClient, CommonsFile
 from transformer.config import Settings
-from transformer.metrics import DECODE_SECONDS
+from transformer.errors import ItemError
+from transformer.metrics import DECODE_SECONDS, DOWNLOAD_BYTES_RESERVED
 from transformer.request import Instance, parse_request_in
 from transformer.responses import MODEL_VERSION_HEADER, error_prediction, respond
 from transformer.score_cache import ScoreCache, commons_key, inline_variant
 from transformer.scoring import score
 from transformer.sources import IMAGES, Source, download, resolve_all
-from transformer.tasks import all_or_none, known
+from transformer.tasks import ByteBudget, all_or_none, known
 from transformer.triton_model import TritonModel
 
 
@@ -74,6 +75,11 @@ def prepare(
         DECODE_SECONDS.labels(model=model).observe(time.perf_counter() - started)
 
 
+def download_budget(settings: Settings) -> ByteBudget:
+    """The image downloads' byte budget, reported as ``transformer_download_bytes_reserved``."""
+    return ByteBudget(settings.max_inflight_download_bytes, DOWNLOAD_BYTES_RESERVED.set)
+
+
 class ImageModel(TritonModel):
     def __init__(
         self,
@@ -83,9 +89,11 @@ class ImageModel(TritonModel):
         executor: Executor,
         parser: Executor,
         cache: ScoreCache | None = None,
+        downloads: ByteBudget | None = None,
     ) -> None:
         """``executor`` decodes images; ``parser`` parses request bodies and hashes inline
-        bytes; ``cache``, when given, is the score store."""
+        bytes; ``cache``, when given, is the score store; ``downloads`` bounds the bytes of
+        downloads in flight (shared by the image models; by default one of their own)."""
         super().__init__(spec.name, return_response_headers=True)
         self.spec = spec
         self.version = str(spec.version)
@@ -95,6 +103,7 @@ class ImageModel(TritonModel):
         self.executor = executor
         self.parser = parser
         self.cache = cache
+        self.downloads = downloads or download_budget(settings)
 
     async def preprocess(self, payload: dict | bytes, headers: dict | None = None) -> Batch:
         loop = asyncio.get_running_loop()
@@ -154,8 +163,23 @@ class ImageModel(TritonModel):
     async def _fetch_and_prepare(
         self, source: Source, deadline: float
     ) -> np.ndarray | CodedError:
-        data = await download(self.commons, source, IMAGES, deadline=deadline)
-        return await self._prepare(data)
+        if not isinstance(source, CommonsFile) or not IMAGES.accepts(source):
+            return await self._prepare(await download(self.commons, source, IMAGES, deadline=deadline))
+        # The download's bytes are reserved before it starts and held until they are decoded.
+        bound = self.commons.fetch_bound(source, original=IMAGES.original)
+        reserved = await self.downloads.acquire(bound, deadline)
+        if reserved is None:
+            return ItemError(
+                "deadline_exceeded",
+                f"the request's {self.settings.request_deadline_s:g} s deadline passed while "
+                f"downloads in flight held all {self.settings.max_inflight_download_bytes} bytes "
+                f"allowed ({source.title} needs up to {bound})",
+            )
+        try:
+            data = await download(self.commons, source, IMAGES, deadline=deadline)
+            return await self._prepare(data)
+        finally:
+            self.downloads.release(reserved)
 
     async def _prepare(self, source: bytes | CodedError) -> np.ndarray | CodedError:
         if isinstance(source, CodedError):

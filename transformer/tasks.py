@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Iterable
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -24,3 +25,54 @@ async def all_or_none(awaitables: Iterable[Awaitable[T]]) -> list[T]:
 async def known(value: T) -> T:
     """``value`` as an awaitable, beside items that still have work to do."""
     return value
+
+
+class ByteBudget:
+    """Bytes held at once across requests, handed out first come, first served; touched only
+    on the event loop. A claim larger than the whole budget is cut to it, so it runs alone
+    rather than never. ``observe`` is told the bytes held after every change."""
+
+    def __init__(self, capacity: int, observe: Callable[[int], None] = lambda held: None) -> None:
+        self.capacity = capacity
+        self.held = 0
+        self._observe = observe
+        self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    async def acquire(self, size: int, deadline: float) -> int | None:
+        """Reserve ``size`` bytes, waiting until ``deadline`` (a ``loop.time()``) at most; the
+        bytes reserved, to `release`, or None when the deadline came first."""
+        size = min(size, self.capacity)
+        if not self._waiting and self.held + size <= self.capacity:
+            self._take(size)
+            return size
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (size, turn)
+        self._waiting.append(entry)
+        try:
+            async with asyncio.timeout_at(deadline):
+                await turn
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            if turn.done() and not turn.cancelled():
+                self.release(size)  # granted as the wait ended: hand it on
+            else:
+                self._waiting.remove(entry)
+                self._grant()  # the next in line may fit now
+            if isinstance(exc, TimeoutError):
+                return None
+            raise
+        return size
+
+    def release(self, size: int) -> None:
+        self.held -= size
+        self._observe(self.held)
+        self._grant()
+
+    def _take(self, size: int) -> None:
+        self.held += size
+        self._observe(self.held)
+
+    def _grant(self) -> None:
+        while self._waiting and self.held + self._waiting[0][0] <= self.capacity:
+            size, turn = self._waiting.popleft()
+            self._take(size)
+            turn.set_result(None)
