@@ -167,8 +167,9 @@ class ScoreStore:
             with self.transaction() as conn:
                 if conn.dialect.name == "postgresql":
                     # A migration may index or rewrite a whole table, which outlasts a serving
-                    # statement timeout: it runs without one. The session's lock_timeout stays,
-                    # so it gives way to live traffic instead of queueing it behind its lock.
+                    # statement timeout: it runs without one. The session's lock_timeout stays:
+                    # one that cannot get its lock soon fails and is retried later. Once it
+                    # holds the lock, writes to that table wait for it (DEPLOY.md).
                     conn.exec_driver_sql("SET LOCAL statement_timeout = 0")
                 upgrade(self.url, connection=conn)
         except CommandError as exc:

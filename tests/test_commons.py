@@ -807,7 +807,8 @@ def page(**info: Any) -> bytes:
 
 
 @pytest.mark.parametrize("info", [{"width": "wide"}, {"sha1": 12}, {"thumburl": ["x"]},
-                                  {"size": True}, {"thumbheight": 1.5}])
+                                  {"size": True}, {"thumbheight": 1.5}, {"url": None},
+                                  {"thumbwidth": None}])
 async def test_an_answer_with_fields_of_the_wrong_type_is_a_502_for_its_names(info: dict) -> None:
     """A malformed answer is Commons failing (every name in it alike), never a crash later."""
     with CannedApi(page(**info)) as api:

@@ -327,13 +327,17 @@ def test_a_body_that_stops_arriving_is_408(failing: str) -> None:
         started = time.monotonic()
         raw = b""
         while b"\r\n\r\n" not in raw:
-            raw += client.recv(65536)
+            chunk = client.recv(65536)
+            assert chunk, f"the connection closed without an answer: {raw!r}"
+            raw += chunk
         elapsed = time.monotonic() - started
         head, body = raw.split(b"\r\n\r\n", 1)
         status_line, *header_lines = head.decode().split("\r\n")
         headers = dict(line.split(": ", 1) for line in header_lines)
         while len(body) < int(headers["content-length"]):
-            body += client.recv(65536)
+            chunk = client.recv(65536)
+            assert chunk, f"the connection closed mid-answer: {raw + body!r}"
+            body += chunk
     assert BODY_TIMEOUT_S <= elapsed < BODY_TIMEOUT_S + 10
     response = httpx.Response(int(status_line.split()[1]), headers=headers, content=body)
     assert response.status_code == 408, raw

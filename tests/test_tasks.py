@@ -1,11 +1,18 @@
-"""`transformer.tasks.ByteBudget`: the image downloads' byte budget across requests."""
+"""`transformer.tasks.ByteBudget`: the image downloads' byte budget across requests, and how
+the image model holds it."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from preprocessing.specs import LOGO
+from transformer import model
+from transformer.config import Settings
+from transformer.sources import commons_client
 from transformer.tasks import ByteBudget
 
 
@@ -61,3 +68,56 @@ async def test_a_cancelled_wait_holds_nothing() -> None:
     budget.release(100)
     assert budget.held == 0
     assert await budget.acquire(100, later(1)) == 100
+
+
+async def test_a_holder_and_a_waiter_cancelled_together_leave_nothing_held() -> None:
+    """As ``all_or_none`` does when one item fails: the task holding bytes and the task
+    waiting for them are cancelled in the same loop pass; the release then finds a waiter
+    that is already gone."""
+    budget = ByteBudget(100)
+    granted = asyncio.Event()
+
+    async def holder() -> None:
+        await budget.acquire(100, later(5))
+        granted.set()
+        try:
+            await asyncio.sleep(10)
+        finally:
+            budget.release(100)
+
+    holding = asyncio.ensure_future(holder())
+    await granted.wait()
+    waiting = asyncio.ensure_future(budget.acquire(50, later(5)))
+    await asyncio.sleep(0.01)
+    holding.cancel()
+    waiting.cancel()
+    await asyncio.gather(holding, waiting, return_exceptions=True)
+    assert budget.held == 0
+    assert await budget.acquire(100, later(1)) == 100
+
+
+async def test_a_cancelled_request_keeps_its_download_bytes_until_the_decode_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A decode thread cannot be stopped: the bytes it reads stay reserved until it ends,
+    not until the request that asked for it is cancelled."""
+    settings = Settings()
+    decoding = threading.Event()
+    real = model.prepare
+    monkeypatch.setattr(model, "prepare", lambda *args: (decoding.wait(5), real(*args))[1])
+    budget = ByteBudget(100)
+    with ThreadPoolExecutor(1) as decoder:
+        image_model = model.ImageModel(LOGO, settings, commons_client(settings), decoder, decoder,
+                                       None, budget)
+        await budget.acquire(40, later(1))
+        job = asyncio.ensure_future(image_model._prepare(b"bytes", done=lambda: budget.release(40)))
+        await asyncio.sleep(0.05)
+        job.cancel()
+        await asyncio.gather(job, return_exceptions=True)
+        assert budget.held == 40
+        decoding.set()
+        for _ in range(100):
+            if budget.held == 0:
+                break
+            await asyncio.sleep(0.01)
+    assert budget.held == 0

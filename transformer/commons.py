@@ -591,8 +591,9 @@ def _check_types(title: Any, info: dict[str, Any]) -> None:
     if not isinstance(title, str):
         raise TypeError(f"a page title is {type(title).__name__}, not str")
     for key, kind in _INFO_TYPES.items():
-        value = info.get(key)
-        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+        # A field may be absent (a file without a thumbnail); present, it has its type (not null).
+        value = info.get(key, kind())
+        if not isinstance(value, kind) or isinstance(value, bool):
             raise TypeError(f"{title}'s {key} is {type(value).__name__}, not {kind.__name__}")
 
 

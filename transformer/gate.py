@@ -29,8 +29,9 @@ import logging
 import re
 import uuid
 from collections import deque
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
+from functools import partial
 from http import HTTPStatus
 
 from prometheus_client import Counter
@@ -206,6 +207,7 @@ class RequestGate:
         reserved = 0
         try:
             body: list[bytes] = []
+            refusal: Callable[[Scope, Receive, Send], Awaitable[None]] | None = None
             try:
                 async with asyncio.timeout(self.body_timeout_s):
                     while True:
@@ -214,18 +216,21 @@ class RequestGate:
                             return
                         chunk = message.get("body", b"")
                         if reserved + len(chunk) > self.max_body:
-                            await _too_large(reserved + len(chunk), self.max_body, scope, receive, send)
-                            return
+                            refusal = partial(_too_large, reserved + len(chunk), self.max_body)
+                            break
                         if not self.admission.reserve(len(chunk)):
-                            await _busy("bytes", "too many request bytes in flight", scope, receive, send)
-                            return
+                            refusal = partial(_busy, "bytes", "too many request bytes in flight")
+                            break
                         reserved += len(chunk)
                         body.append(chunk)
                         if not message.get("more_body", False):
                             break
             except TimeoutError:
                 late = f"the request body did not arrive within {self.body_timeout_s:g} s ({reserved} bytes came)"
-                await _answer(HTTPStatus.REQUEST_TIMEOUT, {"error": late}, scope, receive, send)
+                refusal = partial(_answer, HTTPStatus.REQUEST_TIMEOUT, {"error": late})
+            if refusal is not None:
+                # Outside the body's time limit: a slow reader must not cut the answer short.
+                await refusal(scope, receive, send)
                 return
             whole = b"".join(body)
             body.clear()  # one copy of the body in memory, not two

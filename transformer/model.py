@@ -18,9 +18,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -177,18 +178,25 @@ class ImageModel(TritonModel):
             )
         try:
             data = await download(self.commons, source, IMAGES, deadline=deadline)
-            return await self._prepare(data)
-        finally:
+        except BaseException:
             self.downloads.release(reserved)
+            raise
+        return await self._prepare(data, done=partial(self.downloads.release, reserved))
 
-    async def _prepare(self, source: bytes | CodedError) -> np.ndarray | CodedError:
+    async def _prepare(
+        self, source: bytes | CodedError, done: Callable[[], None] = lambda: None
+    ) -> np.ndarray | CodedError:
+        """Decode in a thread; ``done`` once the bytes are no longer needed: when the thread
+        has finished with them, even if this request was cancelled meanwhile."""
         if isinstance(source, CodedError):
+            done()
             return source
         started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        job = self.executor.submit(prepare, source, self.preparation, self.settings, self.name)
+        job.add_done_callback(lambda _: loop.call_soon_threadsafe(done))
         try:
-            return await asyncio.get_running_loop().run_in_executor(
-                self.executor, prepare, source, self.preparation, self.settings, self.name
-            )
+            return await asyncio.wrap_future(job)
         finally:
             # Wall time from here, waiting for a decode thread included.
             request_log.add_stage("decode", time.perf_counter() - started)

@@ -45,22 +45,30 @@ class ByteBudget:
         if not self._waiting and self.held + size <= self.capacity:
             self._take(size)
             return size
-        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        turn: asyncio.Future[None] = loop.create_future()
         entry = (size, turn)
         self._waiting.append(entry)
         try:
-            async with asyncio.timeout_at(deadline):
-                await turn
-        except (TimeoutError, asyncio.CancelledError) as exc:
-            if turn.done() and not turn.cancelled():
-                self.release(size)  # granted as the wait ended: hand it on
-            else:
-                self._waiting.remove(entry)
-                self._grant()  # the next in line may fit now
-            if isinstance(exc, TimeoutError):
-                return None
+            # asyncio.wait, unlike a timeout around ``await turn``, never cancels ``turn``: a
+            # grant and this task's cancellation may then come in the same loop pass safely.
+            await asyncio.wait((turn,), timeout=max(0.0, deadline - loop.time()))
+        except asyncio.CancelledError:
+            self._forgo(entry)
             raise
-        return size
+        if turn.done():
+            return size
+        self._forgo(entry)
+        return None
+
+    def _forgo(self, entry: tuple[int, asyncio.Future[None]]) -> None:
+        """Give up a place in line, or the bytes when they were granted meanwhile."""
+        size, turn = entry
+        if turn.done():
+            self.release(size)
+        else:
+            self._waiting.remove(entry)
+            self._grant()  # the next in line may fit now
 
     def release(self, size: int) -> None:
         self.held -= size

@@ -87,7 +87,7 @@ class AvVideo:
         # refuses such a frame before allocating it, as the header check cannot (`_decoded`).
         context.options = {**context.options, "max_pixels": str(limits.max_pixels)}
         self._max_pixels = limits.max_pixels
-        self._header_size = f"{context.width}x{context.height}"
+        self._header_size = (context.width, context.height)
         self.fps = float(stream.average_rate or stream.guessed_rate or 25)
         self._declared = _declared_duration(stream)
         self.duration_s = (
@@ -164,13 +164,15 @@ class AvVideo:
                 raise _no_decoder() from None
             except av.FFmpegError as exc:
                 context = self._stream.codec_context
-                if exc.errno == errno.EINVAL and context.width * context.height == 0:
-                    # FFmpeg zeroes the size it refuses: a frame past max_pixels. Skipping it
-                    # would score the video on the frames that are small enough.
+                header_w, header_h = self._header_size
+                # FFmpeg zeroes a frame size it refuses (past max_pixels, or absurd). Skipping
+                # such frames would score the video on the ones that pass.
+                refused = header_w * header_h > 0 and context.width * context.height == 0
+                if exc.errno == errno.EINVAL and refused:
                     raise VideoError(
                         "video_too_large",
                         f"a frame of the video is larger than the limit of {self._max_pixels} "
-                        f"pixels (its header says {self._header_size})",
+                        f"pixels, or of no valid size (its header says {header_w}x{header_h})",
                     ) from None
                 # One bad packet need not spoil the video; a player skips it too.
                 self._bad_packets += 1
