@@ -1,5 +1,5 @@
-"""`transformer.tasks.ByteBudget`: the image downloads' byte budget across requests, and how
-the image model holds it."""
+"""`transformer.tasks`: ByteBudget, the image downloads' byte budget across requests, and
+in_thread, which holds it through a decode."""
 
 from __future__ import annotations
 
@@ -9,11 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from preprocessing.specs import LOGO
-from transformer import model
-from transformer.config import Settings
-from transformer.sources import commons_client
-from transformer.tasks import ByteBudget
+from transformer.tasks import ByteBudget, in_thread
 
 
 def later(seconds: float) -> float:
@@ -96,21 +92,14 @@ async def test_a_holder_and_a_waiter_cancelled_together_leave_nothing_held() -> 
     assert await budget.acquire(100, later(1)) == 100
 
 
-async def test_a_cancelled_request_keeps_its_download_bytes_until_the_decode_ends(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A decode thread cannot be stopped: the bytes it reads stay reserved until it ends,
-    not until the request that asked for it is cancelled."""
-    settings = Settings()
-    decoding = threading.Event()
-    real = model.prepare
-    monkeypatch.setattr(model, "prepare", lambda *args: (decoding.wait(5), real(*args))[1])
+async def test_a_thread_job_is_done_when_the_thread_ends_not_when_its_caller_gives_up() -> None:
+    """What holds a download's bytes through its decode: a decode thread cannot be stopped,
+    so the bytes stay reserved until it ends, not until the request is cancelled."""
     budget = ByteBudget(100)
+    decoding = threading.Event()
     with ThreadPoolExecutor(1) as decoder:
-        image_model = model.ImageModel(LOGO, settings, commons_client(settings), decoder, decoder,
-                                       None, budget)
         await budget.acquire(40, later(1))
-        job = asyncio.ensure_future(image_model._prepare(b"bytes", done=lambda: budget.release(40)))
+        job = asyncio.ensure_future(in_thread(decoder, lambda: budget.release(40), decoding.wait, 5))
         await asyncio.sleep(0.05)
         job.cancel()
         await asyncio.gather(job, return_exceptions=True)

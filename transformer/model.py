@@ -40,7 +40,7 @@ from transformer.responses import MODEL_VERSION_HEADER, error_prediction, respon
 from transformer.score_cache import ScoreCache, commons_key, inline_variant
 from transformer.scoring import score
 from transformer.sources import IMAGES, Source, download, resolve_all
-from transformer.tasks import ByteBudget, all_or_none, known
+from transformer.tasks import ByteBudget, all_or_none, in_thread, known
 from transformer.triton_model import TritonModel
 
 
@@ -192,11 +192,10 @@ class ImageModel(TritonModel):
             done()
             return source
         started = time.perf_counter()
-        loop = asyncio.get_running_loop()
-        job = self.executor.submit(prepare, source, self.preparation, self.settings, self.name)
-        job.add_done_callback(lambda _: loop.call_soon_threadsafe(done))
         try:
-            return await asyncio.wrap_future(job)
+            return await in_thread(
+                self.executor, done, prepare, source, self.preparation, self.settings, self.name
+            )
         finally:
             # Wall time from here, waiting for a decode thread included.
             request_log.add_stage("decode", time.perf_counter() - started)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import Executor
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -20,6 +21,17 @@ async def all_or_none(awaitables: Iterable[Awaitable[T]]) -> list[T]:
     finally:
         for task in tasks:
             task.cancel()
+
+
+async def in_thread(
+    executor: Executor, done: Callable[[], None], fn: Callable[..., T], *args: object
+) -> T:
+    """``fn(*args)`` in ``executor``; ``done`` once the thread has finished with it, even when
+    the awaiting task was cancelled first: a running thread cannot be stopped."""
+    loop = asyncio.get_running_loop()
+    job = executor.submit(fn, *args)
+    job.add_done_callback(lambda _: loop.call_soon_threadsafe(done))
+    return await asyncio.wrap_future(job)
 
 
 async def known(value: T) -> T:
