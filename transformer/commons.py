@@ -484,12 +484,8 @@ def _to_title(name: str) -> str | ItemError:
     reports it in ``query.normalized``; here we only catch what would break the request.
     """
     name = name.strip()
-    too_long = ItemError(
-        "invalid_title",
-        f"{_shown(name)} is not a valid file name: longer than {MAX_TITLE_BYTES} bytes",
-    )
     if len(name) > MAX_NAME_CHARS:
-        return too_long
+        return _too_long(name)
     # MediaWiki stores titles in NFC; sending NFC saves a normalisation hop we would
     # otherwise have to follow (names typed on macOS often arrive decomposed).
     name = unicodedata.normalize("NFC", name)
@@ -503,8 +499,15 @@ def _to_title(name: str) -> str | ItemError:
             f"{_shown(name)} is not a valid file name: it contains {bad.group()!r}",
         )
     if len(bare.encode()) > MAX_TITLE_BYTES:
-        return too_long
+        return _too_long(name)
     return name if prefix else f"File:{name}"
+
+
+def _too_long(name: str) -> ItemError:
+    return ItemError(
+        "invalid_title",
+        f"{_shown(name)} is not a valid file name: longer than {MAX_TITLE_BYTES} bytes",
+    )
 
 
 def _shown(name: str) -> str:
